@@ -1,0 +1,324 @@
+"""Structured configuration: typed dataclasses are the only home of defaults.
+
+``load(yaml_path, overrides)`` merges, in order: the schema defaults, the model presets named by
+``model.preset`` / ``teacher.preset``, the YAML file (and the files it ``inherit``s, relative paths),
+then ``key=value`` overrides; unknown keys and wrong types raise ``ValueError`` naming the key, then
+``validate`` checks values and names the field.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    "wan2.1-t2v-1.3b": dict(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30, text_dim=4096, freq_dim=256,
+                            in_dim=16, out_dim=16, patch_size=[1, 2, 2], text_len=512),
+    "wan2.1-t2v-14b": dict(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40, text_dim=4096, freq_dim=256,
+                           in_dim=16, out_dim=16, patch_size=[1, 2, 2], text_len=512),
+    "tiny": dict(dim=32, ffn_dim=64, num_heads=2, num_layers=2, text_dim=16, freq_dim=16,
+                 in_dim=4, out_dim=4, patch_size=[1, 2, 2], text_len=8),
+    "mini": dict(dim=256, ffn_dim=768, num_heads=4, num_layers=8, text_dim=64, freq_dim=64,
+                 in_dim=12, out_dim=12, patch_size=[1, 2, 2], text_len=16),
+}
+
+
+@dataclass
+class ModelConfig:
+    """A Wan2.1 DiT. ``preset`` fills the architecture fields; explicit keys override it."""
+    preset: str = "tiny"
+    dim: int = 32
+    ffn_dim: int = 64
+    num_heads: int = 2
+    num_layers: int = 2
+    text_dim: int = 16
+    freq_dim: int = 16
+    in_dim: int = 4
+    out_dim: int = 4
+    patch_size: list[int] = field(default_factory=lambda: [1, 2, 2])
+    text_len: int = 8
+    cross_attn_norm: bool = True
+    eps: float = 1e-6
+    rope_max_len: int = 1024
+    checkpoint: str = ""            # weights to load (Wan original / diffusers / Self-Forcing .pt / ours)
+    checkpoint_key: str = "auto"    # for training checkpoints: generator | generator_ema | auto
+
+
+@dataclass
+class CausalConfig:
+    frames_per_chunk: int = 3
+    window: int = 0                 # latent frames attended in all (sink included); 0 = the whole video
+    sink: int = 0                   # first frames never evicted
+    rope_mode: str = "absolute"     # absolute | relative
+    attention: str = "auto"         # auto | math | sdpa | cudnn | flash | efficient | flash_attn
+    full_sequence: str = "loop"     # block-causal full-sequence pass: loop | flex | dense
+
+
+@dataclass
+class ScheduleConfig:
+    shift: float = 5.0
+    denoising_steps: list[float] = field(default_factory=lambda: [1000.0, 750.0, 500.0, 250.0])
+    warp: bool = True               # warp the step list through the shifted table
+    min_step: float = 0.02          # DMD t range (fraction of T)
+    max_step: float = 0.98
+    context_noise: float = 0.0      # timestep of the cache refresh pass
+
+
+@dataclass
+class RolloutConfig:
+    num_frames: int = 21            # generator rollout / teacher horizon K (latent frames)
+    exit_step: str = "random"       # random | last
+    grad_chunks: int = 0            # chunks (counted from the end) that keep grad; 0 = all
+    long_frames: int = 0            # Self-Forcing++: roll out up to N latent frames (0 = off)
+    long_sampling: str = "uniform"  # N per iteration: fixed | uniform (chunk-aligned in [K, N])
+    window_sampling: str = "uniform"  # start of the K-frame window: uniform | beta (Beta(1,2))
+
+
+@dataclass
+class ObjectiveConfig:
+    name: str = "dmd"               # dmd | sid | gan | ode_init | teacher_forcing | diffusion_forcing | extended_dmd
+    guidance_scale: float = 3.0     # CFG g in x0_uncond + g (x0_cond - x0_uncond)
+    gen_update_every: int = 5
+    sid_alpha: float = 1.0
+    gan_weight: float = 0.01        # generator GAN loss weight (added to DMD when > 0 with name=gan)
+    gan_relativistic: bool = False
+    r1_weight: float = 0.0          # finite-difference R1 on real clips
+    r2_weight: float = 0.0          # finite-difference R2 on fake clips
+    r_sigma: float = 0.01           # perturbation scale of finite-difference R1/R2
+    ode_pairs: str = ""             # safetensors file from tools/make_ode_pairs.py
+    teacher_forcing_noise: float = 0.0  # timestep of the clean context for teacher forcing
+
+
+@dataclass
+class OptimConfig:
+    generator_lr: float = 2e-6
+    critic_lr: float = 4e-7
+    betas: list[float] = field(default_factory=lambda: [0.0, 0.999])
+    weight_decay: float = 0.01
+    grad_clip: float = 10.0
+    ema_decay: float = 0.99
+    ema_start: int = 200
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100
+    batch_size: int = 1             # per GPU
+    grad_accum: int = 1
+    seed: int = 0
+    run_dir: str = "runs/default"
+    resume: str = "auto"            # auto | none | a checkpoint directory
+    checkpoint_every: int = 50
+    keep_last: int = 3
+    log_every: int = 1
+    precision: str = "bf16"         # bf16 | fp32
+    activation_checkpointing: bool = False
+    generator_zero_stage: int = 2
+    critic_zero_stage: int = 2
+    teacher_zero3: bool = False     # partition the frozen teacher (ZeRO-3) instead of replicating it
+    dist_timeout_s: int = 600
+    device: str = "auto"            # auto | cpu | cuda
+
+
+@dataclass
+class DataConfig:
+    prompts: str = ""               # txt / jsonl of prompts (rollout objectives)
+    videos: str = ""                # directory or manifest of mp4 + captions (data objectives, GAN)
+    latent_height: int = 8
+    latent_width: int = 8
+    fps: float = 16.0               # pixel frame rate of generated / training videos
+    negative_prompt: str = ""
+
+
+@dataclass
+class TextConfig:
+    encoder: str = "tiny"           # tiny | umt5 | cache
+    path: str = ""                  # umT5 directory or embedding-cache file
+
+
+@dataclass
+class CodecConfig:
+    kind: str = "pixel"             # pixel | wan_vae
+    path: str = ""                  # Wan2.1_VAE.pth for wan_vae
+    spatial_factor: int = 2         # PixelCodec space-to-depth factor
+
+
+@dataclass
+class LoggingConfig:
+    wandb: bool = True
+    wandb_mode: str = "offline"     # offline | online | disabled
+    project: str = "vidforce"
+    progress: bool = True
+
+
+@dataclass
+class DriftConfig:
+    every: int = 0                  # training hook period in steps (0 = off)
+    horizon_multiple: int = 10      # roll out this many teacher horizons
+    prompts: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    window_seconds: float = 2.0
+
+
+@dataclass
+class VidforceConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    teacher: ModelConfig = field(default_factory=ModelConfig)
+    causal: CausalConfig = field(default_factory=CausalConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    codec: CodecConfig = field(default_factory=CodecConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)
+
+
+CHOICES: dict[str, tuple] = {
+    "causal.rope_mode": ("absolute", "relative"),
+    "causal.attention": ("auto", "math", "sdpa", "cudnn", "flash", "efficient", "flash_attn"),
+    "causal.full_sequence": ("loop", "flex", "dense"),
+    "rollout.exit_step": ("random", "last"),
+    "rollout.long_sampling": ("fixed", "uniform"),
+    "rollout.window_sampling": ("uniform", "beta"),
+    "objective.name": ("dmd", "sid", "gan", "ode_init", "teacher_forcing", "diffusion_forcing", "extended_dmd"),
+    "model.checkpoint_key": ("auto", "generator", "generator_ema"),
+    "teacher.checkpoint_key": ("auto", "generator", "generator_ema"),
+    "train.precision": ("bf16", "fp32"),
+    "train.device": ("auto", "cpu", "cuda"),
+    "text.encoder": ("tiny", "umt5", "cache"),
+    "codec.kind": ("pixel", "wan_vae"),
+    "logging.wandb_mode": ("offline", "online", "disabled"),
+}
+POSITIVE = ("causal.frames_per_chunk", "rollout.num_frames", "objective.gen_update_every", "train.steps",
+            "train.batch_size", "train.grad_accum", "train.checkpoint_every", "train.keep_last", "train.log_every",
+            "data.latent_height", "data.latent_width", "data.fps", "codec.spatial_factor", "train.dist_timeout_s",
+            "drift.window_seconds", "drift.horizon_multiple", "schedule.shift")
+NON_NEGATIVE = ("causal.window", "causal.sink", "rollout.grad_chunks", "rollout.long_frames", "optim.generator_lr",
+                "optim.critic_lr", "optim.weight_decay", "optim.grad_clip", "optim.ema_start", "drift.every",
+                "objective.r1_weight", "objective.r2_weight", "objective.gan_weight", "schedule.context_noise")
+
+
+def _get(cfg: VidforceConfig, dotted: str) -> Any:
+    obj = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _validate_model(m: ModelConfig, name: str) -> None:
+    if m.preset not in MODEL_PRESETS and m.preset != "custom":
+        raise ValueError(f"{name}.preset must be one of {sorted(MODEL_PRESETS)} or 'custom', got {m.preset!r}")
+    if m.dim % m.num_heads:
+        raise ValueError(f"{name}.dim ({m.dim}) must be divisible by {name}.num_heads ({m.num_heads})")
+    if (m.dim // m.num_heads) % 2:
+        raise ValueError(f"{name}: head dim {m.dim // m.num_heads} must be even for RoPE")
+    if len(m.patch_size) != 3 or min(m.patch_size) < 1:
+        raise ValueError(f"{name}.patch_size must be 3 positive ints, got {list(m.patch_size)}")
+    for f in ("dim", "ffn_dim", "num_heads", "num_layers", "text_dim", "freq_dim", "in_dim", "out_dim", "text_len"):
+        if getattr(m, f) < 1:
+            raise ValueError(f"{name}.{f} must be >= 1, got {getattr(m, f)}")
+
+
+def validate(cfg: VidforceConfig) -> VidforceConfig:
+    """Check values; raise ``ValueError`` naming the field."""
+    for key, allowed in CHOICES.items():
+        if _get(cfg, key) not in allowed:
+            raise ValueError(f"{key} must be one of {allowed}, got {_get(cfg, key)!r}")
+    for key in POSITIVE:
+        if not _get(cfg, key) > 0:
+            raise ValueError(f"{key} must be > 0, got {_get(cfg, key)}")
+    for key in NON_NEGATIVE:
+        if _get(cfg, key) < 0:
+            raise ValueError(f"{key} must be >= 0, got {_get(cfg, key)}")
+    _validate_model(cfg.model, "model")
+    _validate_model(cfg.teacher, "teacher")
+    c, r, s = cfg.causal, cfg.rollout, cfg.schedule
+    if r.num_frames % c.frames_per_chunk:
+        raise ValueError(f"rollout.num_frames ({r.num_frames}) must be a multiple of causal.frames_per_chunk "
+                         f"({c.frames_per_chunk})")
+    if r.long_frames and (r.long_frames < r.num_frames or r.long_frames % c.frames_per_chunk):
+        raise ValueError(f"rollout.long_frames ({r.long_frames}) must be >= rollout.num_frames and a multiple of "
+                         f"causal.frames_per_chunk")
+    if c.window and c.window < c.sink + c.frames_per_chunk:
+        raise ValueError(f"causal.window ({c.window}) must be >= causal.sink + causal.frames_per_chunk "
+                         f"({c.sink + c.frames_per_chunk})")
+    if c.sink and not c.window:
+        raise ValueError("causal.sink needs a rolling causal.window > 0")
+    if not s.denoising_steps or any(not 0 < t <= 1000 for t in s.denoising_steps):
+        raise ValueError(f"schedule.denoising_steps must be non-empty values in (0, 1000], got {list(s.denoising_steps)}")
+    if list(s.denoising_steps) != sorted(s.denoising_steps, reverse=True):
+        raise ValueError("schedule.denoising_steps must be decreasing")
+    if not 0 <= s.min_step < s.max_step <= 1:
+        raise ValueError(f"schedule.min_step/max_step must satisfy 0 <= min < max <= 1, got {s.min_step}, {s.max_step}")
+    if len(cfg.optim.betas) != 2 or not all(0 <= b < 1 for b in cfg.optim.betas):
+        raise ValueError(f"optim.betas must be two values in [0, 1), got {list(cfg.optim.betas)}")
+    if not 0 <= cfg.optim.ema_decay < 1:
+        raise ValueError(f"optim.ema_decay must be in [0, 1), got {cfg.optim.ema_decay}")
+    for key in ("train.generator_zero_stage", "train.critic_zero_stage"):
+        if _get(cfg, key) not in (0, 1, 2, 3):
+            raise ValueError(f"{key} must be 0, 1, 2 or 3, got {_get(cfg, key)}")
+    if cfg.model.text_dim != cfg.teacher.text_dim:
+        raise ValueError(f"model.text_dim ({cfg.model.text_dim}) must equal teacher.text_dim ({cfg.teacher.text_dim})")
+    return cfg
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> Any:
+    """A YAML file with its ``inherit:`` chain resolved (parents first)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    if path.resolve() in seen:
+        raise ValueError(f"config inherit cycle through {path}")
+    data = OmegaConf.load(path)
+    parent = data.pop("inherit", None)
+    if parent is None:
+        return data
+    base = _read_yaml((path.parent / str(parent)), seen + (path.resolve(),))
+    return OmegaConf.merge(base, data)
+
+
+def _with_presets(layers: list[Any]) -> list[Any]:
+    """Insert the model presets named by the layers (last wins) right after the schema defaults."""
+    merged = OmegaConf.merge(*layers) if layers else OmegaConf.create({})
+    presets = {}
+    for part in ("model", "teacher"):
+        name = OmegaConf.select(merged, f"{part}.preset", default=None) or "tiny"
+        if name in MODEL_PRESETS:
+            presets[part] = MODEL_PRESETS[name]
+    return [OmegaConf.create(presets)] + layers
+
+
+def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> VidforceConfig:
+    """Load and validate a config: schema <- presets <- YAML (with ``inherit``) <- ``key=value`` overrides."""
+    layers = [_read_yaml(Path(path))] if path else []
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form key=value")
+    try:
+        layers.append(OmegaConf.from_dotlist(list(overrides)))
+        merged = OmegaConf.merge(OmegaConf.structured(VidforceConfig), *_with_presets(layers))
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        raise ValueError(f"bad config key {key!r}: {str(err).splitlines()[0]}") from None
+    return validate(cfg)
+
+
+def to_yaml(cfg: VidforceConfig) -> str:
+    """The resolved config as YAML (``--dry-run``)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def arch_of(m: ModelConfig):
+    """The model architecture (``models.wan.WanArch``) of a model config."""
+    from vidforce.models.wan import WanArch  # noqa: PLC0415 (keep config import-light)
+    return WanArch(dim=m.dim, ffn_dim=m.ffn_dim, num_heads=m.num_heads, num_layers=m.num_layers,
+                   text_dim=m.text_dim, freq_dim=m.freq_dim, in_dim=m.in_dim, out_dim=m.out_dim,
+                   patch_size=tuple(m.patch_size), text_len=m.text_len, cross_attn_norm=m.cross_attn_norm,
+                   eps=m.eps, rope_max_len=m.rope_max_len)

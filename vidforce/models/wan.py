@@ -1,0 +1,222 @@
+"""Wan2.1 text-to-video DiT, state-dict compatible with the official checkpoints.
+
+Layout inside: latents ``[B, T, C, H, W]``; tokens ``[B, L, dim]`` with ``L = T' * h * w`` (frame-major).
+Per-frame timesteps ``t [B, T]`` give per-frame adaLN modulation, so one forward can hold a clean context
+and a noisy chunk. Self-attention is delegated to an *attention plan* (``plan(layer, q, k, v)``) that owns
+RoPE positions and masking: bidirectional here, block-causal or KV-cached in ``causal.py``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn as nn
+import torch.utils.checkpoint as ckpt
+from torch import Tensor
+
+from vidforce.models.attention import attend
+from vidforce.models.rope import Rope, apply_rope
+
+
+@dataclass(frozen=True)
+class WanArch:
+    """Architecture of one Wan2.1 DiT (values come from ``config.ModelConfig``)."""
+    dim: int
+    ffn_dim: int
+    num_heads: int
+    num_layers: int
+    text_dim: int
+    freq_dim: int
+    in_dim: int
+    out_dim: int
+    patch_size: tuple[int, int, int]
+    text_len: int
+    cross_attn_norm: bool
+    eps: float
+    rope_max_len: int
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+
+class AttentionPlan(Protocol):
+    """Self-attention of one layer: q/k/v ``[B, H, L, D]`` (q/k normed, not rotated) -> ``[B, H, L, D]``."""
+
+    def __call__(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor: ...
+
+
+class BidirectionalPlan:
+    """Full attention with RoPE at absolute frame positions ``frame_offset + [0, T')``."""
+
+    def __init__(self, rope: Rope, grid: tuple[int, int, int], device, backend: str = "auto", frame_offset: int = 0):
+        f, h, w = grid
+        self.cos, self.sin = rope.angles(torch.arange(frame_offset, frame_offset + f, device=device), h, w)
+        self.backend = backend
+
+    def __call__(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        return attend(apply_rope(q, self.cos, self.sin), apply_rope(k, self.cos, self.sin), v, self.backend)
+
+
+def sinusoidal_embedding(dim: int, position: Tensor) -> Tensor:
+    """Wan's timestep embedding: ``[cos(p w_i), sin(p w_i)]`` with ``w_i = 10000^(-i / (dim/2))``; ``[N, dim]``."""
+    half = dim // 2
+    p = position.to(torch.float64)
+    freqs = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64, device=p.device) / half)
+    angles = torch.outer(p, freqs)
+    return torch.cat([angles.cos(), angles.sin()], dim=1)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, eps: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.norm_q, self.norm_k = RMSNorm(dim, eps), RMSNorm(dim, eps)
+
+    def forward(self, x: Tensor, plan: AttentionPlan, layer: int) -> Tensor:
+        heads = lambda t: t.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)  # noqa: E731
+        q, k, v = heads(self.norm_q(self.q(x))), heads(self.norm_k(self.k(x))), heads(self.v(x))
+        return self.o(plan(layer, q, k, v).transpose(1, 2).flatten(2))
+
+
+class CrossAttention(SelfAttention):
+    """Text cross-attention; ``kv`` may be precomputed once per prompt (``kv_of``)."""
+
+    def kv_of(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        heads = lambda t: t.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)  # noqa: E731
+        return heads(self.norm_k(self.k(context))), heads(self.v(context))
+
+    def forward(self, x: Tensor, kv: tuple[Tensor, Tensor], backend: str) -> Tensor:
+        q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
+        return self.o(attend(q, kv[0], kv[1], backend).transpose(1, 2).flatten(2))
+
+
+def _modulate(x: Tensor, shift: Tensor, scale: Tensor, frames: int) -> Tensor:
+    """``x * (1 + scale) + shift`` with per-frame ``shift/scale [B, T, dim]`` over tokens ``x [B, L, dim]``."""
+    xf = x.float().unflatten(1, (frames, -1))
+    return (xf * (1 + scale[:, :, None]) + shift[:, :, None]).flatten(1, 2).to(x.dtype)
+
+
+def _gate(x: Tensor, gate: Tensor, frames: int) -> Tensor:
+    return (x.float().unflatten(1, (frames, -1)) * gate[:, :, None]).flatten(1, 2).to(x.dtype)
+
+
+class Block(nn.Module):
+    def __init__(self, arch: WanArch):
+        super().__init__()
+        d = arch.dim
+        self.norm1 = nn.LayerNorm(d, eps=arch.eps, elementwise_affine=False)
+        self.self_attn = SelfAttention(d, arch.num_heads, arch.eps)
+        self.norm3 = nn.LayerNorm(d, eps=arch.eps, elementwise_affine=True) if arch.cross_attn_norm else nn.Identity()
+        self.cross_attn = CrossAttention(d, arch.num_heads, arch.eps)
+        self.norm2 = nn.LayerNorm(d, eps=arch.eps, elementwise_affine=False)
+        self.ffn = nn.Sequential(nn.Linear(d, arch.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(arch.ffn_dim, d))
+        self.modulation = nn.Parameter(torch.randn(1, 6, d) / d ** 0.5)
+
+    def forward(self, x: Tensor, e: Tensor, kv: tuple[Tensor, Tensor], plan: AttentionPlan, layer: int,
+                backend: str) -> Tensor:
+        """x ``[B, L, dim]``; e ``[B, T, 6, dim]`` (fp32); kv: this layer's text keys/values."""
+        frames = e.shape[1]
+        m = (self.modulation.float()[:, None] + e).unbind(2)    # 6 x [B, T, dim]
+        y = self.self_attn(_modulate(self.norm1(x), m[0], m[1], frames), plan, layer)
+        x = x + _gate(y, m[2], frames)
+        x = x + self.cross_attn(self.norm3(x), kv, backend)
+        y = self.ffn(_modulate(self.norm2(x), m[3], m[4], frames))
+        return x + _gate(y, m[5], frames)
+
+
+class Head(nn.Module):
+    def __init__(self, arch: WanArch):
+        super().__init__()
+        self.norm = nn.LayerNorm(arch.dim, eps=arch.eps, elementwise_affine=False)
+        self.head = nn.Linear(arch.dim, arch.out_dim * math.prod(arch.patch_size))
+        self.modulation = nn.Parameter(torch.randn(1, 2, arch.dim) / arch.dim ** 0.5)
+
+    def forward(self, x: Tensor, e: Tensor) -> Tensor:
+        """x ``[B, L, dim]``, e ``[B, T, dim]`` -> ``[B, L, out_dim * prod(patch)]``."""
+        shift, scale = (self.modulation.float()[:, None] + e[:, :, None]).unbind(2)
+        return self.head(_modulate(self.norm(x), shift, scale, e.shape[1]))
+
+
+class WanModel(nn.Module):
+    """The Wan2.1 DiT. ``forward(x [B,T,C,H,W], t [B] or [B,T], context [B,Lc,text_dim]) -> flow [B,T,C,H,W]``.
+
+    Parameter names follow the official checkpoints (``patch_embedding``, ``text_embedding.0``,
+    ``time_projection.1``, ``blocks.N.self_attn.q``, ``blocks.N.norm3``, ``head.modulation``, ...).
+    """
+
+    def __init__(self, arch: WanArch, attention: str = "auto"):
+        super().__init__()
+        self.arch, self.attention = arch, attention
+        d = arch.dim
+        self.patch_embedding = nn.Conv3d(arch.in_dim, d, kernel_size=arch.patch_size, stride=arch.patch_size)
+        self.text_embedding = nn.Sequential(nn.Linear(arch.text_dim, d), nn.GELU(approximate="tanh"), nn.Linear(d, d))
+        self.time_embedding = nn.Sequential(nn.Linear(arch.freq_dim, d), nn.SiLU(), nn.Linear(d, d))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
+        self.blocks = nn.ModuleList(Block(arch) for _ in range(arch.num_layers))
+        self.head = Head(arch)
+        self.rope = Rope(arch.head_dim, arch.rope_max_len)
+        self.gradient_checkpointing = False
+
+    def grid(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
+        """Token grid ``(T', h, w)`` of a latent ``[*, frames, C, height, width]``."""
+        pt, ph, pw = self.arch.patch_size
+        if frames % pt or height % ph or width % pw:
+            raise ValueError(f"latent size {frames}x{height}x{width} is not divisible by patch {self.arch.patch_size}")
+        return frames // pt, height // ph, width // pw
+
+    def text_kv(self, context: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Per-layer cross-attention keys/values of ``context [B, Lc, text_dim]`` (cache them per prompt)."""
+        ctx = self.text_embedding(context.to(self.text_embedding[0].weight.dtype))
+        return [blk.cross_attn.kv_of(ctx) for blk in self.blocks]
+
+    def time_embed(self, t: Tensor, batch: int, frames: int) -> tuple[Tensor, Tensor]:
+        """``t [B] or [B, T]`` -> ``e [B, T', dim]`` and block modulation ``e0 [B, T', 6, dim]`` (fp32)."""
+        if t.dim() == 1:
+            t = t[:, None].expand(batch, frames * self.arch.patch_size[0])
+        t = t[:, :: self.arch.patch_size[0]]
+        w = self.time_embedding[0].weight
+        e = self.time_embedding(sinusoidal_embedding(self.arch.freq_dim, t.flatten()).to(w.dtype))
+        e0 = self.time_projection(e).unflatten(-1, (6, self.arch.dim))
+        return e.float().unflatten(0, (batch, frames)), e0.float().unflatten(0, (batch, frames))
+
+    def forward(self, x: Tensor, t: Tensor, context: Tensor | None = None, plan: AttentionPlan | None = None,
+                text_kv: list[tuple[Tensor, Tensor]] | None = None) -> Tensor:
+        """Predict the flow ``v = eps - x0`` for latents ``x [B, T, C, H, W]`` at timesteps ``t [B, T]``.
+
+        Either ``context`` (text embeddings) or precomputed ``text_kv`` is given. ``plan`` chooses the
+        self-attention pattern (default: bidirectional over ``x``).
+        """
+        b, f, _, hgt, wid = x.shape
+        grid = self.grid(f, hgt, wid)
+        tokens = self.patch_embedding(x.permute(0, 2, 1, 3, 4).to(self.patch_embedding.weight.dtype))
+        tokens = tokens.flatten(2).transpose(1, 2)
+        e, e0 = self.time_embed(t, b, grid[0])
+        kv = text_kv if text_kv is not None else self.text_kv(context)
+        plan = plan if plan is not None else BidirectionalPlan(self.rope, grid, x.device, self.attention)
+        for i, blk in enumerate(self.blocks):
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                tokens = ckpt.checkpoint(blk, tokens, e0, kv[i], plan, i, self.attention, use_reentrant=False)
+            else:
+                tokens = blk(tokens, e0, kv[i], plan, i, self.attention)
+        return self.unpatchify(self.head(tokens, e), grid)
+
+    def unpatchify(self, out: Tensor, grid: tuple[int, int, int]) -> Tensor:
+        """``[B, L, pt*ph*pw*C]`` (official channel order: patch dims first) -> ``[B, T, C, H, W]``."""
+        (f, h, w), (pt, ph, pw) = grid, self.arch.patch_size
+        out = out.float().view(out.shape[0], f, h, w, pt, ph, pw, self.arch.out_dim)
+        return out.permute(0, 1, 4, 7, 2, 5, 3, 6).reshape(out.shape[0], f * pt, self.arch.out_dim, h * ph, w * pw)
