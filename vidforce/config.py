@@ -79,10 +79,12 @@ class RolloutConfig:
 
 @dataclass
 class ObjectiveConfig:
-    name: str = "dmd"               # dmd | sid | gan | ode_init | teacher_forcing | diffusion_forcing | extended_dmd
-    guidance_scale: float = 3.0     # CFG g in x0_uncond + g (x0_cond - x0_uncond)
+    name: str = "dmd"               # dmd | sid | gan | ode_init | teacher_forcing | diffusion_forcing |
+                                    # extended_dmd | flow_matching (bidirectional teacher from data)
+    guidance_scale: float = 3.0     # CFG g in x0_uncond + g (x0_cond - x0_uncond); 1 = no guidance
+    cfg_dropout: float = 0.1        # flow_matching: probability of training on the negative prompt
     gen_update_every: int = 5
-    sid_alpha: float = 1.0
+    sid_alpha: float = 1.2
     gan_weight: float = 0.01        # generator GAN loss weight (added to DMD when > 0 with name=gan)
     gan_relativistic: bool = False
     r1_weight: float = 0.0          # finite-difference R1 on real clips
@@ -187,7 +189,8 @@ CHOICES: dict[str, tuple] = {
     "rollout.exit_step": ("random", "last"),
     "rollout.long_sampling": ("fixed", "uniform"),
     "rollout.window_sampling": ("uniform", "beta"),
-    "objective.name": ("dmd", "sid", "gan", "ode_init", "teacher_forcing", "diffusion_forcing", "extended_dmd"),
+    "objective.name": ("dmd", "sid", "gan", "ode_init", "teacher_forcing", "diffusion_forcing", "extended_dmd",
+                       "flow_matching"),
     "model.checkpoint_key": ("auto", "generator", "generator_ema"),
     "teacher.checkpoint_key": ("auto", "generator", "generator_ema"),
     "train.precision": ("bf16", "fp32"),

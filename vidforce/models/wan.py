@@ -195,11 +195,12 @@ class WanModel(nn.Module):
         return e.float().unflatten(0, (batch, frames)), e0.float().unflatten(0, (batch, frames))
 
     def forward(self, x: Tensor, t: Tensor, context: Tensor | None = None, plan: AttentionPlan | None = None,
-                text_kv: list[tuple[Tensor, Tensor]] | None = None) -> Tensor:
+                text_kv: list[tuple[Tensor, Tensor]] | None = None, features_at: int | None = None):
         """Predict the flow ``v = eps - x0`` for latents ``x [B, T, C, H, W]`` at timesteps ``t [B, T]``.
 
         Either ``context`` (text embeddings) or precomputed ``text_kv`` is given. ``plan`` chooses the
-        self-attention pattern (default: bidirectional over ``x``).
+        self-attention pattern (default: bidirectional over ``x``). With ``features_at = n`` it stops after
+        ``n`` blocks and returns the tokens ``[B, L, dim]`` (discriminator features) instead.
         """
         b, f, _, hgt, wid = x.shape
         grid = self.grid(f, hgt, wid)
@@ -208,11 +209,13 @@ class WanModel(nn.Module):
         e, e0 = self.time_embed(t, b, grid[0])
         kv = text_kv if text_kv is not None else self.text_kv(context)
         plan = plan if plan is not None else BidirectionalPlan(self.rope, grid, x.device, self.attention)
-        for i, blk in enumerate(self.blocks):
+        for i, blk in enumerate(self.blocks[:features_at]):
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 tokens = ckpt.checkpoint(blk, tokens, e0, kv[i], plan, i, self.attention, use_reentrant=False)
             else:
                 tokens = blk(tokens, e0, kv[i], plan, i, self.attention)
+        if features_at is not None:
+            return tokens
         return self.unpatchify(self.head(tokens, e), grid)
 
     def unpatchify(self, out: Tensor, grid: tuple[int, int, int]) -> Tensor:

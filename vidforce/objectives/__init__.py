@@ -1,0 +1,22 @@
+"""Training objectives (plugins). ``build(cfg)`` returns the one named by ``objective.name``."""
+from vidforce.objectives.base import Batch, Nets, Objective, StepContext
+from vidforce.objectives.dmd import DMD
+from vidforce.objectives.extended_dmd import ExtendedDMD
+from vidforce.objectives.forcing import DiffusionForcing, FlowMatching, TeacherForcing
+from vidforce.objectives.gan import GAN
+from vidforce.objectives.ode_init import ODEInit
+from vidforce.objectives.sid import SiD
+
+REGISTRY: dict[str, type[Objective]] = {o.name: o for o in (DMD, ExtendedDMD, SiD, GAN, ODEInit, FlowMatching,
+                                                            DiffusionForcing, TeacherForcing)}
+
+
+def build(cfg) -> Objective:
+    """The objective named by ``cfg.objective.name``."""
+    name = cfg.objective.name
+    if name not in REGISTRY:
+        raise ValueError(f"objective.name must be one of {sorted(REGISTRY)}, got {name!r}")
+    return REGISTRY[name](cfg)
+
+
+__all__ = ["Batch", "Nets", "Objective", "StepContext", "REGISTRY", "build"]

@@ -1,0 +1,145 @@
+"""The objective plugin interface.
+
+An objective says which networks it needs, what data it eats, when the generator and the critic update,
+and computes ``generator_loss(ctx)`` / ``critic_loss(ctx)`` from a :class:`StepContext`. Loss maths lives
+in pure functions of each objective module; the trainer never knows which objective runs.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from vidforce.diffusion import add_noise, cfg as guide, sample_train_sigma, x0_from_flow
+from vidforce.rollout import RolloutPlan, Sampler, rollout
+
+
+@dataclass
+class Batch:
+    """One step's inputs. ``cond`` / ``uncond``: text embeddings ``[B, L, D]``; ``latents``: data clips
+    ``[B, T, C, H, W]`` (data objectives, GAN); ``trajectory``: ODE pairs ``[B, S + 1, T, C, H, W]``."""
+    cond: Tensor
+    uncond: Tensor
+    latents: Tensor | None = None
+    trajectory: Tensor | None = None
+
+
+@dataclass
+class Nets:
+    generator: nn.Module
+    critic: nn.Module | None = None
+    teacher: nn.Module | None = None
+
+
+@dataclass
+class StepContext:
+    nets: Nets
+    batch: Batch
+    plan: RolloutPlan
+    sampler: Sampler
+    cfg: object                      # config.VidforceConfig
+    rng: torch.Generator             # this rank's noise generator (seeded per step and rank)
+    latent_shape: tuple[int, int, int]  # (C, H, W)
+    cache: dict = field(default_factory=dict)   # per-step memo (e.g. text K/V)
+
+    def noise(self, *shape: int) -> Tensor:
+        dev = self.batch.cond.device
+        return torch.randn(shape, generator=self.rng, device=self.rng.device).to(dev)
+
+
+class Objective:
+    """Base plugin: subclasses set ``networks`` / ``data`` and implement the losses they use."""
+    name = ""
+    networks: tuple[str, ...] = ("generator",)   # of generator, critic, teacher
+    data = "prompts"                              # prompts | videos | ode_pairs
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def generator_turn(self, step: int) -> bool:
+        return True
+
+    def critic_turn(self, step: int) -> bool:
+        return "critic" in self.networks
+
+    def generator_loss(self, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
+        raise TypeError(f"objective {self.name!r} has no generator loss")
+
+    def critic_loss(self, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
+        raise TypeError(f"objective {self.name!r} has no critic")
+
+
+def x0_of(model: nn.Module, x_t: Tensor, sigma: Tensor, text_kv) -> Tensor:
+    """x0 prediction of a bidirectional model at per-frame ``sigma [B, T]``."""
+    return x0_from_flow(x_t, model(x_t, sigma * 1000.0, text_kv=text_kv), sigma)
+
+
+def teacher_x0(ctx: StepContext, x_t: Tensor, sigma: Tensor) -> Tensor:
+    """The teacher's x0 with classifier-free guidance ``x0_u + g (x0_c - x0_u)`` (``no_grad`` by caller)."""
+    teacher, g = ctx.nets.teacher, ctx.cfg.objective.guidance_scale
+    cond = x0_of(teacher, x_t, sigma, text_kv_of(ctx, "teacher", "cond"))
+    if g == 1.0:
+        return cond
+    return guide(x0_of(teacher, x_t, sigma, text_kv_of(ctx, "teacher", "uncond")), cond, g)
+
+
+def text_kv_of(ctx: StepContext, net: str, which: str):
+    """Cross-attention K/V of ``ctx.batch.<which>`` for network ``net``, computed once per step and grad mode."""
+    key = (net, which, torch.is_grad_enabled())
+    if key not in ctx.cache:
+        ctx.cache[key] = getattr(ctx.nets, net).text_kv(getattr(ctx.batch, which))
+    return ctx.cache[key]
+
+
+def generate(ctx: StepContext, grad: bool) -> Tensor:
+    """The student's self-rollout under ``ctx.plan``: the K-frame window ``[window_start, +K)`` ``[B, K, C, H, W]``.
+
+    Chunks before the window run under ``no_grad`` and are dropped; with ``rollout.grad_chunks = n > 0``
+    only the window's last ``n`` chunks keep grad.
+    """
+    p, r = ctx.plan, ctx.cfg.rollout
+    stop = p.window_start + r.num_frames
+    grad_from = p.window_start
+    if r.grad_chunks:
+        grad_from = max(grad_from, stop - r.grad_chunks * ctx.cfg.causal.frames_per_chunk)
+    noise = ctx.noise(ctx.batch.cond.shape[0], p.num_frames, *ctx.latent_shape)
+    with torch.set_grad_enabled(grad):
+        kv = text_kv_of(ctx, "generator", "cond")
+        return rollout(ctx.nets.generator, noise, kv, ctx.sampler, p.exit_index, grad_from=grad_from,
+                       keep_from=p.window_start, stop=stop, generator=ctx.rng)
+
+
+def noised(ctx: StepContext, x: Tensor, per_frame: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """``x_t, eps, sigma [B, T]`` with a shifted training sigma (one per sample, or one per chunk)."""
+    s = ctx.cfg.schedule
+    b, t = x.shape[:2]
+    if per_frame:
+        chunk = ctx.cfg.causal.frames_per_chunk
+        n_chunks = -(-t // chunk)
+        sig = sample_train_sigma((b, n_chunks), s.shift, s.min_step, s.max_step, ctx.rng, ctx.rng.device)
+        sigma = sig.to(x.device).repeat_interleave(chunk, dim=1)[:, :t]
+    else:
+        sig = sample_train_sigma((b, 1), s.shift, s.min_step, s.max_step, ctx.rng, ctx.rng.device)
+        sigma = sig.to(x.device).expand(b, t)
+    eps = ctx.noise(*x.shape).to(x.dtype)
+    return add_noise(x, eps, sigma), eps, sigma
+
+
+@contextmanager
+def frozen(module: nn.Module | None):
+    """Temporarily stop parameter grads of ``module`` (scores used inside another network's loss)."""
+    params = [p for p in module.parameters() if p.requires_grad] if module is not None else []
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def flow_matching_loss(pred_flow: Tensor, x0: Tensor, eps: Tensor) -> Tensor:
+    """Plain flow-matching MSE ``|| v_pred - (eps - x0) ||^2`` (mean)."""
+    return (pred_flow.float() - (eps - x0).float()).square().mean()

@@ -1,0 +1,66 @@
+"""Data-trained objectives: the bidirectional teacher and the causal baselines.
+
+- ``flow_matching``: bidirectional flow matching (the teacher; CFG dropout replaces the prompt by the
+  negative one with probability ``objective.cfg_dropout``).
+- ``teacher_forcing``: each chunk noised at its own sigma; noisy chunk ``c`` sees the *clean* frames of
+  earlier chunks (full-sequence forward with a clean stream).
+- ``diffusion_forcing``: independent per-chunk noise levels, block-causal over the noisy sequence.
+All regress the flow ``eps - x0`` (plain MSE).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from vidforce.objectives.base import Objective, StepContext, flow_matching_loss, noised
+
+
+def _latents(ctx: StepContext, name: str) -> Tensor:
+    x = ctx.batch.latents
+    if x is None:
+        raise ValueError(f"objective.name={name} trains on data: set data.videos")
+    return x[:, : ctx.cfg.rollout.num_frames]
+
+
+def dropout_context(cond: Tensor, uncond: Tensor, p: float, rng: torch.Generator) -> Tensor:
+    """Replace each sample's prompt embedding by the negative one with probability ``p``."""
+    drop = (torch.rand(cond.shape[0], generator=rng, device=rng.device) < p).to(cond.device)
+    return torch.where(drop[:, None, None], uncond.expand_as(cond), cond)
+
+
+class FlowMatching(Objective):
+    name = "flow_matching"
+    data = "videos"
+
+    def generator_loss(self, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
+        x = _latents(ctx, self.name)
+        x_t, eps, sigma = noised(ctx, x)
+        ctx_emb = dropout_context(ctx.batch.cond, ctx.batch.uncond, self.cfg.objective.cfg_dropout, ctx.rng)
+        pred = ctx.nets.generator(x_t, sigma * 1000.0, ctx_emb)
+        loss = flow_matching_loss(pred, x, eps)
+        return loss, {"fm_loss": loss.item()}
+
+
+class DiffusionForcing(Objective):
+    name = "diffusion_forcing"
+    data = "videos"
+
+    def generator_loss(self, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
+        x = _latents(ctx, self.name)
+        x_t, eps, sigma = noised(ctx, x, per_frame=True)
+        pred = ctx.nets.generator.forward_full(x_t, sigma * 1000.0, ctx.batch.cond)
+        loss = flow_matching_loss(pred, x, eps)
+        return loss, {"df_loss": loss.item()}
+
+
+class TeacherForcing(Objective):
+    name = "teacher_forcing"
+    data = "videos"
+
+    def generator_loss(self, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
+        x = _latents(ctx, self.name)
+        x_t, eps, sigma = noised(ctx, x, per_frame=True)
+        clean_t = torch.full_like(sigma, self.cfg.objective.teacher_forcing_noise)
+        pred = ctx.nets.generator.forward_full(x_t, sigma * 1000.0, ctx.batch.cond, clean=x, clean_t=clean_t)
+        loss = flow_matching_loss(pred, x, eps)
+        return loss, {"tf_loss": loss.item()}

@@ -1,0 +1,113 @@
+"""DMD + a GAN on critic features (DMD2-style), with real clips from the video dataset.
+
+The discriminator is a small head on the critic's token features at the noisy input ``x_t``
+(:class:`CriticWithHead`). Losses (pure functions): non-saturating ``softplus(-D(fake))`` for the
+generator, ``softplus(-D(real)) + softplus(D(fake))`` for the discriminator, or their relativistic
+pairing ``softplus(-(D(real) - D(fake)))``; finite-difference R1 / R2 penalties
+``||D(x + s n) - D(x)||^2 / s^2`` on real / fake inputs approximate the gradient penalties without
+double backward.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vidforce.diffusion import add_noise
+from vidforce.objectives.base import StepContext, flow_matching_loss, frozen, generate, noised, text_kv_of
+from vidforce.objectives.dmd import DMD, dmd_direction, dmd_loss
+
+
+class CriticWithHead(nn.Module):
+    """A critic DiT plus a discriminator head on its tokens after ``feature_layer`` blocks.
+
+    ``forward`` is the plain critic (flow); ``logits(x_t, t, text_kv) -> [B]``.
+    """
+
+    def __init__(self, model: nn.Module, feature_layer: int | None = None):
+        super().__init__()
+        self.model = model
+        dim = model.arch.dim
+        self.feature_layer = feature_layer if feature_layer is not None else max(1, model.arch.num_layers // 2)
+        self.disc_head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, 1))
+
+    @property
+    def arch(self):
+        return self.model.arch
+
+    def text_kv(self, context: Tensor):
+        return self.model.text_kv(context)
+
+    def forward(self, x: Tensor, t: Tensor, context=None, text_kv=None) -> Tensor:
+        return self.model(x, t, context, text_kv=text_kv)
+
+    def logits(self, x: Tensor, t: Tensor, text_kv) -> Tensor:
+        tokens = self.model(x, t, text_kv=text_kv, features_at=self.feature_layer)
+        return self.disc_head(tokens.float().mean(dim=1)).squeeze(-1)
+
+
+def generator_gan_loss(fake_logits: Tensor, real_logits: Tensor | None = None) -> Tensor:
+    if real_logits is not None:
+        return F.softplus(-(fake_logits - real_logits)).mean()
+    return F.softplus(-fake_logits).mean()
+
+
+def discriminator_loss(real_logits: Tensor, fake_logits: Tensor, relativistic: bool) -> Tensor:
+    if relativistic:
+        return F.softplus(-(real_logits - fake_logits)).mean()
+    return (F.softplus(-real_logits) + F.softplus(fake_logits)).mean()
+
+
+def finite_difference_penalty(logits: Tensor, perturbed_logits: Tensor, sigma: float) -> Tensor:
+    """``mean((D(x + sigma n) - D(x))^2) / sigma^2``: a first-order estimate of ``E||grad D||^2`` along n."""
+    return (perturbed_logits - logits).square().mean() / sigma ** 2
+
+
+class GAN(DMD):
+    name = "gan"
+    data = "videos"
+
+    def _logits(self, ctx: StepContext, x_t: Tensor, sigma: Tensor) -> Tensor:
+        return ctx.nets.critic.logits(x_t, sigma * 1000.0, text_kv_of(ctx, "critic", "cond"))
+
+    def _real_noisy(self, ctx: StepContext, sigma: Tensor) -> Tensor:
+        real = ctx.batch.latents
+        if real is None:
+            raise ValueError("objective.name=gan needs real clips: set data.videos")
+        k = ctx.cfg.rollout.num_frames
+        real = real[:, :k]
+        return add_noise(real, ctx.noise(*real.shape).to(real.dtype), sigma)
+
+    def generator_loss(self, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
+        x = generate(ctx, grad=True)
+        x_t, real_x0, fake_x0 = self.scores(ctx, x)
+        direction = dmd_direction(x.detach(), real_x0, fake_x0)
+        x_t_grad, _, sigma = noised(ctx, x)
+        with frozen(ctx.nets.critic):
+            fake_logits = self._logits(ctx, x_t_grad, sigma)
+            real_logits = None
+            if self.cfg.objective.gan_relativistic:
+                with torch.no_grad():
+                    real_logits = self._logits(ctx, self._real_noisy(ctx, sigma), sigma)
+        gan = generator_gan_loss(fake_logits, real_logits)
+        loss = dmd_loss(x, direction) + self.cfg.objective.gan_weight * gan
+        return loss, {"dmd_grad_norm": direction.norm().item(), "gen_gan_loss": gan.item()}
+
+    def critic_loss(self, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
+        o = self.cfg.objective
+        with torch.no_grad():
+            x = generate(ctx, grad=False)
+        x_t, eps, sigma = noised(ctx, x)
+        kv = text_kv_of(ctx, "critic", "cond")
+        fm = flow_matching_loss(ctx.nets.critic(x_t, sigma * 1000.0, text_kv=kv), x, eps)
+        real_t = self._real_noisy(ctx, sigma)
+        real_logits, fake_logits = self._logits(ctx, real_t, sigma), self._logits(ctx, x_t, sigma)
+        d = discriminator_loss(real_logits, fake_logits, o.gan_relativistic)
+        loss = fm + o.gan_weight * d
+        if o.r1_weight:
+            pert = self._logits(ctx, real_t + o.r_sigma * ctx.noise(*real_t.shape), sigma)
+            loss = loss + o.r1_weight * finite_difference_penalty(real_logits, pert, o.r_sigma)
+        if o.r2_weight:
+            pert = self._logits(ctx, x_t + o.r_sigma * ctx.noise(*x_t.shape), sigma)
+            loss = loss + o.r2_weight * finite_difference_penalty(fake_logits, pert, o.r_sigma)
+        return loss, {"critic_loss": fm.item(), "disc_loss": d.item()}

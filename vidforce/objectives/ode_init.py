@@ -1,0 +1,50 @@
+"""ODE-regression initialisation of the causal student (CausVid / Self Forcing).
+
+Data: teacher ODE trajectories ``[B, S + 1, T, C, H, W]`` -- the latent at each of the ``S`` step-list
+sigmas, then the endpoint x0 (``tools/make_ode_pairs.py``). Each chunk draws its own step ``k``; the
+student sees chunk ``c`` at ``x_{sigma_k(c)}`` through the block-causal full-sequence forward and regresses
+the endpoint: ``L = || x0_student - x0_teacher ||^2``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from vidforce.diffusion import x0_from_flow
+from vidforce.objectives.base import Objective, StepContext, text_kv_of
+
+
+def ode_regression_inputs(trajectory: Tensor, sigmas: Tensor, steps: Tensor, chunk: int) -> tuple[Tensor, Tensor]:
+    """Pick per-chunk inputs: ``trajectory [B, S+1, T, ...]``, ``steps [B, n_chunks]`` -> ``x [B, T, ...]``,
+    per-frame ``sigma [B, T]``."""
+    b, _, t = trajectory.shape[:3]
+    per_frame = steps.repeat_interleave(chunk, dim=1)[:, :t].to(trajectory.device)     # [B, T]
+    idx = per_frame[:, None, :, None, None, None].expand(b, 1, t, *trajectory.shape[3:])
+    x = trajectory.gather(1, idx).squeeze(1)
+    return x, sigmas.to(trajectory.device)[per_frame]
+
+
+def ode_loss(pred_x0: Tensor, target_x0: Tensor) -> Tensor:
+    return (pred_x0.float() - target_x0.float()).square().mean()
+
+
+class ODEInit(Objective):
+    name = "ode_init"
+    data = "ode_pairs"
+
+    def generator_loss(self, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
+        traj = ctx.batch.trajectory
+        if traj is None:
+            raise ValueError("objective.name=ode_init needs ODE pairs: set objective.ode_pairs")
+        n_steps = traj.shape[1] - 1
+        if n_steps != len(ctx.sampler.sigmas):
+            raise ValueError(f"ODE pairs hold {n_steps} steps but schedule.denoising_steps has "
+                             f"{len(ctx.sampler.sigmas)}")
+        chunk = ctx.cfg.causal.frames_per_chunk
+        n_chunks = -(-traj.shape[2] // chunk)
+        steps = torch.randint(n_steps, (traj.shape[0], n_chunks), generator=ctx.rng, device=ctx.rng.device)
+        x, sigma = ode_regression_inputs(traj, torch.tensor(ctx.sampler.sigmas), steps, chunk)
+        kv = text_kv_of(ctx, "generator", "cond")
+        pred = x0_from_flow(x, ctx.nets.generator.forward_full(x, sigma * 1000.0, text_kv=kv), sigma)
+        loss = ode_loss(pred, traj[:, -1])
+        return loss, {"ode_loss": loss.item()}
