@@ -20,7 +20,7 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "wan2.1-t2v-14b": dict(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40, text_dim=4096, freq_dim=256,
                            in_dim=16, out_dim=16, patch_size=[1, 2, 2], text_len=512),
     "tiny": dict(dim=32, ffn_dim=64, num_heads=2, num_layers=2, text_dim=16, freq_dim=16,
-                 in_dim=4, out_dim=4, patch_size=[1, 2, 2], text_len=8),
+                 in_dim=12, out_dim=12, patch_size=[1, 2, 2], text_len=8),
     "mini": dict(dim=256, ffn_dim=768, num_heads=4, num_layers=8, text_dim=64, freq_dim=64,
                  in_dim=12, out_dim=12, patch_size=[1, 2, 2], text_len=16),
 }
@@ -36,8 +36,8 @@ class ModelConfig:
     num_layers: int = 2
     text_dim: int = 16
     freq_dim: int = 16
-    in_dim: int = 4
-    out_dim: int = 4
+    in_dim: int = 12
+    out_dim: int = 12
     patch_size: list[int] = field(default_factory=lambda: [1, 2, 2])
     text_len: int = 8
     cross_attn_norm: bool = True

@@ -1,0 +1,230 @@
+"""Checkpoint formats round-trip into fresh models and reproduce the source model's outputs exactly."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from vidforce.config import MODEL_PRESETS, ModelConfig
+from vidforce.models.loading import (
+    CheckpointMismatchError, Checkpoint, config_metadata, convert_diffusers_to_wan, convert_wan_to_diffusers,
+    infer_arch, load_into, load_wan_state_dict, main_convert, parse_size, save_safetensors)
+from tests.models.helpers import inputs, tiny_wan
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def outputs(model):
+    x, t, ctx = inputs(model, batch=1, frames=3)
+    with torch.no_grad():
+        return model(x, t, ctx)
+
+
+def assert_same_model(source, path, **kw):
+    """Load ``path`` into a differently initialised model: the outputs must equal the source's."""
+    fresh = tiny_wan(seed=123)
+    assert not torch.equal(outputs(fresh), outputs(source))
+    load_into(fresh, path, **kw)
+    assert torch.equal(outputs(fresh), outputs(source))
+
+
+def test_official_single_file_and_its_folder(tmp_path):
+    model = tiny_wan(seed=0)
+    save_file(model.state_dict(), str(tmp_path / "diffusion_pytorch_model.safetensors"))
+    (tmp_path / "Wan2.1_VAE.pth").write_bytes(b"not the DiT")       # the official folder holds other files too
+    assert_same_model(model, tmp_path / "diffusion_pytorch_model.safetensors")
+    assert_same_model(model, tmp_path)
+
+
+def test_official_torch_file(tmp_path):
+    model = tiny_wan(seed=0)
+    torch.save(model.state_dict(), tmp_path / "dit.pth")
+    assert_same_model(model, tmp_path / "dit.pth")
+
+
+def test_sharded_safetensors_with_index(tmp_path):
+    model = tiny_wan(seed=0)
+    out = tmp_path / "diffusion_pytorch_model.safetensors"
+    written = save_safetensors(model, out, max_shard_bytes=20_000)
+    shards = [p for p in written if p.suffix == ".safetensors"]
+    assert len(shards) > 2 and shards[0].name == f"diffusion_pytorch_model-00001-of-{len(shards):05d}.safetensors"
+    index = json.loads((tmp_path / "diffusion_pytorch_model.safetensors.index.json").read_text())
+    assert set(index["weight_map"]) == set(model.state_dict())
+    assert index["metadata"]["total_size"] == sum(v.numel() * 4 for v in model.state_dict().values())
+    assert not out.exists() and not list(tmp_path.glob(".*tmp"))
+    assert_same_model(model, tmp_path / "diffusion_pytorch_model.safetensors.index.json")
+    assert_same_model(model, tmp_path)
+
+
+def test_missing_shard_names_it(tmp_path):
+    written = save_safetensors(tiny_wan(), tmp_path / "m.safetensors", max_shard_bytes=20_000)
+    written[1].unlink()
+    with pytest.raises(FileNotFoundError, match=written[1].name):
+        load_wan_state_dict(tmp_path / "m.safetensors.index.json")
+
+
+def test_diffusers_names_verified_and_round_trip(tmp_path):
+    model = tiny_wan(seed=0)
+    sd = model.state_dict()
+    d = convert_wan_to_diffusers(sd)
+    expected = {"condition_embedder.text_embedder.linear_1.weight": "text_embedding.0.weight",
+                "condition_embedder.time_embedder.linear_2.bias": "time_embedding.2.bias",
+                "condition_embedder.time_proj.weight": "time_projection.1.weight",
+                "blocks.1.attn1.to_q.weight": "blocks.1.self_attn.q.weight",
+                "blocks.0.attn1.norm_k.weight": "blocks.0.self_attn.norm_k.weight",
+                "blocks.0.attn2.to_out.0.bias": "blocks.0.cross_attn.o.bias",
+                "blocks.0.norm2.weight": "blocks.0.norm3.weight",
+                "blocks.0.ffn.net.0.proj.weight": "blocks.0.ffn.0.weight",
+                "blocks.0.ffn.net.2.weight": "blocks.0.ffn.2.weight",
+                "blocks.1.scale_shift_table": "blocks.1.modulation",
+                "scale_shift_table": "head.modulation", "proj_out.weight": "head.head.weight",
+                "patch_embedding.weight": "patch_embedding.weight"}
+    for theirs, ours in expected.items():
+        assert d[theirs] is sd[ours]
+    dim = model.arch.dim
+    assert d["scale_shift_table"].shape == (1, 2, dim) and d["blocks.0.scale_shift_table"].shape == (1, 6, dim)
+    assert len(d) == len(sd) and convert_diffusers_to_wan(d).keys() == sd.keys()
+    pipeline = tmp_path / "pipe" / "transformer"
+    save_safetensors(model, pipeline / "diffusion_pytorch_model.safetensors", names="diffusers")
+    assert Checkpoint(pipeline.parent).names == "diffusers"
+    assert_same_model(model, tmp_path / "pipe")
+
+
+def wrapped(model):
+    """Keys as Self-Forcing saves them: ``model.`` wrapper prefix plus FSDP / activation-checkpoint / compile
+    fragments (``_fsdp_wrapped_module.model.blocks.0._checkpoint_wrapped_module.ffn.0.weight``)."""
+    out = {}
+    for k, v in model.state_dict().items():
+        if k.startswith("blocks."):
+            _, n, rest = k.split(".", 2)
+            k = f"blocks.{n}._fsdp_wrapped_module._checkpoint_wrapped_module.{rest}"
+        out[f"_fsdp_wrapped_module.model.{k}" if "embedding" in k else f"model._orig_mod.{k}"] = v
+    return out
+
+
+def self_forcing_checkpoint(path, generator, ema):
+    torch.save({"generator": wrapped(generator), "generator_ema": wrapped(ema), "critic": wrapped(tiny_wan(seed=9))},
+               path)
+
+
+def test_self_forcing_training_checkpoint(tmp_path):
+    gen, ema = tiny_wan(seed=1), tiny_wan(seed=2)
+    path = tmp_path / "model.pt"
+    self_forcing_checkpoint(path, gen, ema)
+    assert_same_model(ema, path)                                  # auto prefers generator_ema
+    assert_same_model(gen, path, checkpoint_key="generator")
+    assert_same_model(ema, tmp_path, checkpoint_key="generator_ema")
+    assert Checkpoint(path).entry == "generator_ema"
+    with pytest.raises(ValueError, match="generator_ema.*critic"):
+        Checkpoint(path, checkpoint_key="teacher")
+
+
+def test_generator_only_checkpoint(tmp_path):
+    model = tiny_wan(seed=4)
+    torch.save({"generator": wrapped(model), "step": 600}, tmp_path / "ode_init.pt")
+    assert_same_model(model, tmp_path / "ode_init.pt")
+    assert_same_model(model, tmp_path / "ode_init.pt", checkpoint_key="generator")
+
+
+def test_plain_file_rejects_a_checkpoint_key(tmp_path):
+    save_file(tiny_wan().state_dict(), str(tmp_path / "m.safetensors"))
+    with pytest.raises(ValueError, match="checkpoint_key='generator'.*auto"):
+        load_into(tiny_wan(), tmp_path / "m.safetensors", checkpoint_key="generator")
+
+
+def test_our_export_keeps_the_model_config(tmp_path):
+    cfg = ModelConfig(**{**MODEL_PRESETS["tiny"], "num_heads": 4})                   # stored, not inferred
+    model = tiny_wan(seed=5)
+    save_safetensors(model, tmp_path / "export.safetensors", metadata=config_metadata(cfg))
+    ckpt = Checkpoint(tmp_path / "export.safetensors")
+    assert json.loads(ckpt.metadata["model_config"])["num_heads"] == 4
+    assert infer_arch(ckpt.shapes, ckpt.metadata)["num_heads"] == 4
+    assert_same_model(model, tmp_path / "export.safetensors")
+
+
+def test_infer_arch_recovers_dims():
+    tiny = MODEL_PRESETS["tiny"]
+    arch = infer_arch(tiny_wan().state_dict())
+    assert arch == {**{k: tiny[k] for k in arch if k != "cross_attn_norm"}, "cross_attn_norm": True}
+    custom = infer_arch(tiny_wan(num_layers=3, ffn_dim=48, text_dim=24, freq_dim=8, in_dim=6, out_dim=5,
+                                 patch_size=[1, 1, 2]).state_dict())
+    assert custom == dict(dim=32, ffn_dim=48, num_heads=None, num_layers=3, text_dim=24, freq_dim=8, in_dim=6,
+                          out_dim=5, patch_size=[1, 1, 2], cross_attn_norm=True)
+
+
+def test_mismatch_lists_each_category(tmp_path):
+    sd = dict(tiny_wan().state_dict())
+    del sd["blocks.1.norm3.bias"]
+    sd["blocks.0.extra.weight"] = torch.zeros(3)
+    sd["blocks.0.ffn.0.weight"] = torch.zeros(65, 32)
+    save_file(sd, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(CheckpointMismatchError) as info:
+        load_into(tiny_wan(), tmp_path / "bad.safetensors")
+    msg = str(info.value)
+    assert isinstance(info.value, ValueError) and "bad.safetensors" in msg
+    assert "missing (1): blocks.1.norm3.bias" in msg and "unexpected (1): blocks.0.extra.weight" in msg
+    assert "wrong shape (1): blocks.0.ffn.0.weight expected (64, 32) found (65, 32)" in msg
+
+
+def test_mismatch_truncates_long_lists_with_counts(tmp_path):
+    save_file(tiny_wan(num_layers=1).state_dict(), str(tmp_path / "short.safetensors"))
+    per_block = len([k for k in tiny_wan().state_dict() if k.startswith("blocks.1.")])
+    pattern = rf"missing \({per_block}\): blocks\.1\..*and {per_block - 10} more"
+    with pytest.raises(CheckpointMismatchError, match=pattern) as info:
+        load_into(tiny_wan(num_layers=2), tmp_path / "short.safetensors")
+    assert "unexpected" not in str(info.value) and len(str(info.value)) < 2000
+
+
+def test_non_strict_loads_the_rest(tmp_path):
+    source = tiny_wan(seed=6)
+    sd = {k: v for k, v in source.state_dict().items() if k != "head.modulation"}
+    save_file({**sd, "junk": torch.zeros(1)}, str(tmp_path / "partial.safetensors"))
+    fresh = tiny_wan(seed=7)
+    report = load_into(fresh, tmp_path / "partial.safetensors", strict=False)
+    assert report.missing == ["head.modulation"] and report.unexpected == ["junk"]
+    assert torch.equal(fresh.blocks[1].ffn[2].weight, source.blocks[1].ffn[2].weight)
+    assert not torch.equal(fresh.head.modulation, source.head.modulation)
+
+
+def test_missing_file_names_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.safetensors"):
+        load_into(tiny_wan(), tmp_path / "nowhere.safetensors")
+
+
+def test_format_override_and_dtype_cast(tmp_path):
+    save_safetensors(tiny_wan(), tmp_path / "d.safetensors", names="diffusers")
+    with pytest.raises(CheckpointMismatchError, match="missing"):
+        load_into(tiny_wan(), tmp_path / "d.safetensors", fmt="wan")
+    sd = load_wan_state_dict(tmp_path / "d.safetensors", dtype=torch.bfloat16)
+    assert sd.keys() == tiny_wan().state_dict().keys() and {v.dtype for v in sd.values()} == {torch.bfloat16}
+
+
+def test_convert_sharded_diffusers_and_back(tmp_path, capsys):
+    gen, ema = tiny_wan(seed=1), tiny_wan(seed=2)
+    self_forcing_checkpoint(tmp_path / "model.pt", gen, ema)
+    out = tmp_path / "diff" / "diffusion_pytorch_model.safetensors"
+    out.parent.mkdir()
+    assert main_convert([str(tmp_path / "model.pt"), str(out), "--to", "diffusers", "--max-shard-size", "20KB",
+                         "--checkpoint-key", "generator"]) == 0
+    assert "generator" in capsys.readouterr().out
+    assert Checkpoint(out.parent).names == "diffusers" and len(list(out.parent.glob("*-of-*"))) > 1
+    assert_same_model(gen, out.parent)
+    main_convert([str(out.parent), str(tmp_path / "wan.safetensors"), "--dtype", "fp32"])
+    assert Checkpoint(tmp_path / "wan.safetensors").names == "wan"
+    assert_same_model(gen, tmp_path / "wan.safetensors")
+
+
+def test_parse_size():
+    assert parse_size("5GB") == 5 * 10 ** 9 and parse_size("512MiB") == 512 * 2 ** 20
+    assert parse_size("1000") == 1000 and parse_size("0") == 0
+    with pytest.raises(ValueError, match="max-shard-size"):
+        parse_size("lots")
+
+
+def test_tool_reports_bad_input_in_one_line(tmp_path):
+    run = subprocess.run([sys.executable, "tools/convert_checkpoint.py", str(tmp_path / "none.pt"),
+                          str(tmp_path / "o.safetensors")], cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 2 and run.stderr.strip() == f"error: checkpoint not found: {tmp_path / 'none.pt'}"

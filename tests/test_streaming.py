@@ -1,0 +1,125 @@
+"""Streaming: long videos at flat memory, incremental playable mp4s, prompt switches with KV re-cache."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+
+from vidforce import components, config
+from vidforce.models.build import build_generator
+from vidforce.rollout import Sampler
+from vidforce.streaming import Streamer, switch_frames
+from vidforce.video_io import Mp4Writer
+
+OVERRIDES = ["causal.window=6", "causal.sink=0", "data.latent_height=8", "data.latent_width=8", "train.device=cpu",
+             "train.precision=fp32", "schedule.denoising_steps=[1000,500]", "data.fps=8", "logging.progress=false"]
+
+
+def _streamer(cfg, seed=0):
+    torch.manual_seed(0)
+    model = build_generator(cfg, "cpu", torch.float32).eval()
+    return Streamer(model, components.codec(cfg), components.text_encoder(cfg), Sampler.from_config(cfg.schedule),
+                    (8, 8), seed)
+
+
+def test_streams_past_the_window_with_flat_state(tmp_path):
+    cfg = config.load(None, OVERRIDES)
+    s = _streamer(cfg)
+    out = tmp_path / "a.mp4"
+    state, frames, mid = [], 0, 0
+    with Mp4Writer(out, 8) as w:
+        for i, chunk in enumerate(s.frames(24, [(0, "a red circle on a grey background")])):   # 4x the window
+            w.append(chunk)
+            frames += len(chunk)
+            state.append(s.state_bytes())
+            if i == 5:                                      # 18 frames in: fragments are on disk already
+                mid = _wait_for_size(out, 1)
+    assert frames == 24 and s.stats.chunks == 8
+    assert 0 < mid < out.stat().st_size                    # the file grew while generating
+    assert len(set(state[2:])) == 1                        # cache + kept latents flat once the window is full
+    assert len(s.kept) <= cfg.causal.window
+    video = iio.imread(out)
+    assert video.shape[0] == 24 and video.shape[1:] == (16, 16, 3)
+
+
+def _wait_for_size(path: Path, at_least: int, timeout: float = 10.0) -> int:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.exists() and path.stat().st_size >= at_least:
+            return path.stat().st_size
+        time.sleep(0.05)
+    return 0
+
+
+def test_prompt_switch_recaches_and_changes_only_later_frames():
+    cfg = config.load(None, OVERRIDES)
+    a = np.concatenate(list(_streamer(cfg).frames(12, [(0, "a red circle")])))
+    s = _streamer(cfg)
+    b = np.concatenate(list(s.frames(12, [(0, "a red circle"), (6, "a blue square on a white background")])))
+    assert s.stats.recaches == 1
+    assert np.array_equal(a[:6], b[:6])
+    assert np.abs(a[6:].astype(int) - b[6:].astype(int)).mean() > 1
+
+
+def test_recache_rewrites_cross_attention_context():
+    """After a switch the cached keys of earlier frames are recomputed under the new prompt."""
+    cfg = config.load(None, OVERRIDES)
+    s = _streamer(cfg)
+    it = s.frames(12, [(0, "a red circle"), (6, "a blue square")])
+    next(it), next(it)
+    before = s.cache.k[1].clone()
+    next(it)
+    after_slots = [s.cache.slot(f) for f in (3, 4, 5)]
+    assert not torch.allclose(before[:, :, after_slots], s.cache.k[1][:, :, after_slots])
+
+
+def test_schedule_snaps_to_chunks():
+    from vidforce.models.codecs.pixel import PixelCodec
+    assert switch_frames([(0, "a"), (1.0, "b")], 8, PixelCodec(2), 3) == [(0, "a"), (9, "b")]
+
+
+def _write_cfg(tmp_path):
+    from omegaconf import OmegaConf
+    path = tmp_path / "tiny.yaml"
+    path.write_text(OmegaConf.to_yaml(OmegaConf.from_dotlist(OVERRIDES)))
+    return path
+
+
+@pytest.mark.slow
+def test_sigterm_leaves_a_playable_mp4(tmp_path):
+    out = tmp_path / "long.mp4"
+    cmd = [sys.executable, "-m", "vidforce.cli", "generate", "--config", str(_write_cfg(tmp_path)),
+           "--prompt", "a red circle", "--seconds", "3000", "--out", str(out), "causal.rope_mode=relative"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not out.exists() or out.stat().st_size < 2000):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "stopped early" in stdout
+    frames = iio.imread(out)
+    assert frames.shape[0] > 0 and frames.shape[1:] == (16, 16, 3)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--seconds", "0"], "--seconds must be > 0"),
+    (["--checkpoint", "/nonexistent.safetensors"], "--checkpoint not found"),
+    (["--out", "/nonexistent-dir/a.mp4"], "output directory does not exist"),
+    (["causal.windw=3"], "causal.windw"),
+])
+def test_generate_rejects_bad_input_before_heavy_work(tmp_path, argv, message, capsys):
+    from vidforce.cli import main
+    base = ["generate", "--config", str(_write_cfg(tmp_path)), "--prompt", "x", "--out", str(tmp_path / "o.mp4")]
+    for flag in ("--seconds", "--checkpoint", "--out"):
+        if flag in argv and flag in base:
+            i = base.index(flag)
+            del base[i:i + 2]
+    assert main(base + argv) == 2
+    assert message in capsys.readouterr().err

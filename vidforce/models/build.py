@@ -1,0 +1,85 @@
+"""Models from the config: the frozen bidirectional teacher and the chunk-causal generator, with their weights.
+
+Parameters are created directly on ``device`` in ``dtype`` (no fp32 CPU copy of a 14B model first). A checkpoint
+is checked against the config from its headers before anything is built (:func:`check_checkpoint`), then
+streamed in tensor by tensor (:func:`vidforce.models.loading.load_into`).
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vidforce.config import ModelConfig, VidforceConfig, arch_of
+from vidforce.models.causal import CausalWan
+from vidforce.models.loading import Checkpoint, infer_arch, load_into, metadata_model_config
+from vidforce.models.wan import WanModel
+
+ARCH_FIELDS = ("dim", "ffn_dim", "num_heads", "num_layers", "text_dim", "freq_dim", "in_dim", "out_dim",
+               "patch_size", "cross_attn_norm")
+
+
+def _plain(value):
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def check_checkpoint(path: str | Path, model_cfg: ModelConfig, field_name: str) -> None:
+    """Raise ``ValueError`` naming every config field (``model.dim``, ``teacher.num_layers`` ...) that the
+    checkpoint at ``path`` contradicts. Reads headers only (cheap for 14B).
+
+    ``num_heads`` is compared only when the checkpoint's metadata stores it: weights do not determine it.
+    """
+    ckpt = Checkpoint(path, model_cfg.checkpoint_key)
+    try:
+        found = infer_arch(ckpt.shapes, ckpt.metadata)
+    except ValueError as err:
+        raise ValueError(f"{field_name}.checkpoint {ckpt.describe()}: {err}") from None
+    stored = metadata_model_config(ckpt.metadata) or {}
+    fields = [f for f in ARCH_FIELDS if f != "num_heads" or "num_heads" in stored]
+    bad = [f"{field_name}.{f} is {_plain(getattr(model_cfg, f))!r} but the checkpoint has {_plain(found[f])!r}"
+           for f in fields if _plain(getattr(model_cfg, f)) != _plain(found[f])]
+    if bad:
+        raise ValueError(f"{field_name}.checkpoint {ckpt.describe()} does not fit the config:\n  " + "\n  ".join(bad))
+
+
+@contextlib.contextmanager
+def _creating_on(device: torch.device | str, dtype: torch.dtype) -> Iterator[None]:
+    """New parameters are created on ``device`` in ``dtype`` (the default dtype is restored after)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _build(make: Callable[[], nn.Module], model_cfg: ModelConfig, field_name: str, device, dtype) -> nn.Module:
+    """Check the checkpoint (if any), construct on device in dtype, stream the weights in."""
+    if model_cfg.checkpoint:
+        check_checkpoint(model_cfg.checkpoint, model_cfg, field_name)
+    with _creating_on(device, dtype):
+        model = make()
+    if model_cfg.checkpoint:
+        load_into(model, model_cfg.checkpoint, model_cfg.checkpoint_key)
+    return model
+
+
+def build_teacher(cfg: VidforceConfig, device: torch.device | str, dtype: torch.dtype) -> WanModel:
+    """The bidirectional teacher of ``cfg.teacher`` (weights from ``teacher.checkpoint`` when set).
+
+    Returned frozen: eval mode, ``requires_grad=False`` (a critic is a deep copy with grad switched back on).
+    """
+    model = _build(lambda: WanModel(arch_of(cfg.teacher), cfg.causal.attention), cfg.teacher, "teacher",
+                   device, dtype)
+    return model.eval().requires_grad_(False)
+
+
+def build_generator(cfg: VidforceConfig, device: torch.device | str, dtype: torch.dtype) -> CausalWan:
+    """The chunk-causal generator of ``cfg.model`` run as ``cfg.causal`` says (weights from ``model.checkpoint``)."""
+    c = cfg.causal
+    return _build(lambda: CausalWan(arch_of(cfg.model), c.frames_per_chunk, c.window, c.sink, c.rope_mode,
+                                    c.attention, c.full_sequence), cfg.model, "model", device, dtype)
