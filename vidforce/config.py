@@ -289,11 +289,15 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> Any:
 def _with_presets(layers: list[Any]) -> list[Any]:
     """Insert the model presets named by the layers (last wins) right after the schema defaults."""
     merged = OmegaConf.merge(*layers) if layers else OmegaConf.create({})
-    presets = {}
-    for part in ("model", "teacher"):
-        name = OmegaConf.select(merged, f"{part}.preset", default=None) or "tiny"
-        if name in MODEL_PRESETS:
-            presets[part] = MODEL_PRESETS[name]
+    model = OmegaConf.select(merged, "model.preset", default=None) or "tiny"
+    teacher = OmegaConf.select(merged, "teacher.preset", default=None)
+    presets: dict[str, Any] = {}
+    if model in MODEL_PRESETS:
+        presets["model"] = MODEL_PRESETS[model]
+    if teacher is None:                  # an unnamed teacher has the generator's architecture
+        presets["teacher"] = dict(MODEL_PRESETS.get(model, {}), preset=model)
+    elif teacher in MODEL_PRESETS:
+        presets["teacher"] = MODEL_PRESETS[teacher]
     return [OmegaConf.create(presets)] + layers
 
 

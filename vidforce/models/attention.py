@@ -40,8 +40,11 @@ def check_backend(name: str, field: str = "causal.attention") -> str:
     return name
 
 
-def resolve(name: str, device: torch.device) -> str:
-    """Concrete backend for ``name`` on ``device`` (``auto`` and ``flex`` resolve to a dense kernel)."""
+def resolve(name: str, device: torch.device, dtype: torch.dtype = torch.bfloat16) -> str:
+    """Concrete backend for ``name`` on ``device`` (``auto`` and ``flex`` resolve to a dense kernel).
+
+    ``auto`` is dtype-aware: cuDNN and flash kernels take only fp16/bf16, so fp32 goes to ``sdpa``.
+    """
     check_backend(name)
     if name not in ("auto", "flex"):
         if device.type != "cuda" and name not in ("math", "sdpa"):
@@ -51,6 +54,8 @@ def resolve(name: str, device: torch.device) -> str:
         return name
     if device.type != "cuda":
         return "math"
+    if dtype not in (torch.float16, torch.bfloat16):
+        return "sdpa"
     major, _ = torch.cuda.get_device_capability(device)
     return "cudnn" if major == 9 else "flash"
 
@@ -69,7 +74,7 @@ def attend(q: Tensor, k: Tensor, v: Tensor, backend: str = "auto", mask: Tensor 
     q ``[B, H, Lq, D]``, k/v ``[B, H, Lk, D]``, optional boolean ``mask`` broadcastable to
     ``[B, H, Lq, Lk]`` (True = attend). Returns ``[B, H, Lq, D]``.
     """
-    name = resolve(backend, q.device)
+    name = resolve(backend, q.device, q.dtype)
     if name == "flash_attn":
         if mask is not None:
             raise ValueError("the flash_attn backend takes no dense mask")

@@ -66,6 +66,8 @@ class BlockCausalPlan:
                  relative: bool, device, backend: str, impl: str, clean: bool = False):
         if relative and impl != "loop":
             raise ValueError("causal.full_sequence must be 'loop' with causal.rope_mode=relative")
+        if impl == "flex" and torch.device(device).type == "cpu" and torch.is_grad_enabled():
+            raise ValueError("causal.full_sequence=flex has no backward on CPU; use loop or dense")
         self.tpf, self.backend, self.impl, self.relative = h * w, backend, impl, relative
         mask = frame_mask(frames, chunk, window, sink, clean)
         seq = torch.arange(mask.shape[0])

@@ -60,8 +60,9 @@ class Rope:
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate adjacent channel pairs of ``x [B, H, L, D]`` by angles ``[L, D/2]`` (fp32 math)."""
-    xf = x.float().unflatten(-1, (-1, 2))
-    a, b = xf[..., 0], xf[..., 1]
-    out = torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1)
-    return out.flatten(-2).to(x.dtype)
+    """Rotate adjacent channel pairs of ``x [B, H, L, D]`` by angles ``[L, D/2]`` (fp32 math).
+
+    One complex multiply: about three passes over ``x`` instead of ten for the real-valued form.
+    """
+    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+    return torch.view_as_real(xc * torch.complex(cos, sin)).flatten(-2).to(x.dtype)
