@@ -63,6 +63,17 @@ def matmul_tflops(device) -> float:
     return 20 * 2 * 8192 ** 3 / (start.elapsed_time(end) / 1e3) / 1e12
 
 
+def profile_chunks(stream, window: int, out: str) -> None:
+    """Print the top CUDA kernels of a short steady-state stream (torch profiler)."""
+    from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        stream(window // 3 + 2)
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / f"profile_w{window}.txt").write_text(table)
+    print(table)
+
+
 def run_window(args, window: int, sink: int, vae, peak_tflops: float) -> dict:
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -72,17 +83,18 @@ def run_window(args, window: int, sink: int, vae, peak_tflops: float) -> dict:
     with torch.device(device):
         model = CausalWan(arch, 3, window, sink, args.rope_mode, args.attention).to(dtype).eval()
     if args.compile:
-        for blk in model.blocks:
-            blk.compile(dynamic=False)
+        model.compile_blocks(dynamic=False)
     sampler = Sampler((1.0, 0.9375, 0.8333, 0.625), 0.0)
     text = RandomText(arch.text_len, arch.text_dim, device)
 
     def stream(chunks):
-        s = Streamer(model, vae, text, sampler, (lh, lw), 0, device, dtype)
+        s = Streamer(model, vae, text, sampler, (lh, lw), 0, device, dtype, overlap_decode=not args.no_overlap)
         for _ in s.frames(3 * chunks, [(0, "a")]):
             pass
         return s.stats
     stream(max(2, window // 3 + 1))                        # warm-up: kernels, autotune, compile
+    if args.profile:
+        profile_chunks(stream, window, args.out)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     st = stream(args.chunks)
@@ -108,19 +120,22 @@ def main() -> None:
     p.add_argument("--chunks", type=int, default=14)
     p.add_argument("--attention", default="auto")
     p.add_argument("--rope-mode", default="absolute")
-    p.add_argument("--compile", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile the pure-tensor halves of each block")
+    p.add_argument("--no-overlap", action="store_true", help="decode inline instead of on a side stream")
+    p.add_argument("--profile", action="store_true", help="print the top CUDA kernels per window")
     p.add_argument("--preset", default="wan2.1-t2v-1.3b", help="tiny: a CPU smoke run of this script")
     p.add_argument("--latent", type=lambda v: tuple(int(x) for x in v.split("x")), default=(60, 104),
                    help="latent HxW (60x104 = 480x832 pixels)")
     p.add_argument("--vae-dim", type=int, default=96, help="WanVAE base dim (96 = the real one)")
     args = p.parse_args()
     device = torch.device(args.device)
+    torch.backends.cudnn.benchmark = True                  # VAE convolutions: pick the fastest algorithms
     peak = matmul_tflops(device)
     vae = WanVAE(dim=args.vae_dim).to(device, torch.bfloat16 if device.type == "cuda" else torch.float32).eval()
     rows = [run_window(args, int(w), args.sink, vae, peak) for w in args.windows.split(",")]
-    dump_json(args.out, "stream", {"env": env_info(device), "matmul_tflops": peak, "compile": args.compile,
+    dump_json(args.out, "stream", {"env": env_info(device), "matmul_tflops": peak, "compile": args.compile, "overlap_decode": not args.no_overlap,
                                    "attention": args.attention, "rows": rows})
-    print(f"bf16 matmul {peak:.0f} TFLOP/s; compile={args.compile}")
+    print(f"bf16 matmul {peak:.0f} TFLOP/s; compile={args.compile}; overlap_decode={not args.no_overlap}")
     print(markdown_table(rows, ["window", "sink", "fps_end_to_end", "fps_steady", "first_frame_s", "dit_ms",
                                 "decode_ms", "dit_floor_ms", "dit_achieved_tflops", "peak_gib"]))
 

@@ -163,6 +163,7 @@ class DriftConfig:
     prompts: list[str] = field(default_factory=list)
     seeds: list[int] = field(default_factory=lambda: [0])
     window_seconds: float = 2.0
+    ema: bool = True                # roll out the generator EMA (false: the raw weights)
 
 
 @dataclass

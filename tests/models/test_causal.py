@@ -129,3 +129,13 @@ def test_frame_mask_known_values():
     tf = frame_mask(6, 3, clean=True)                         # [clean 0..5; noisy 0..5]
     assert tf[9].tolist() == [True] * 3 + [False] * 3 + [False] * 3 + [True] * 3
     assert tf[6].tolist() == [False] * 6 + [True] * 3 + [False] * 3
+
+
+def test_relative_rope_first_chunk_with_grad_and_empty_cache():
+    """The step with grad reads an empty cache on the first chunk (no cached keys to rotate)."""
+    model = tiny_causal(window=6, sink=0, rope_mode="relative")
+    x, t, ctx = inputs(model, batch=1, frames=3)
+    cache = model.new_cache(1, 4, 4, 12, "cpu", torch.float32)
+    out = model.forward_chunk(x.requires_grad_(True), t, cache, 0, write=False, context=ctx)
+    out.sum().backward()
+    assert x.grad.abs().sum() > 0

@@ -55,7 +55,7 @@ class Rope:
             f[:, None, None, :].expand(nf, h, w, -1),
             hh[None, :, None, :].expand(nf, h, w, -1),
             ww[None, None, :, :].expand(nf, h, w, -1),
-        ], dim=-1).reshape(nf * h * w, -1)
+        ], dim=-1).reshape(nf * h * w, sum(self.split))
         return ang.cos(), ang.sin()
 
 

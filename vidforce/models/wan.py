@@ -87,10 +87,14 @@ class SelfAttention(nn.Module):
         self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
         self.norm_q, self.norm_k = RMSNorm(dim, eps), RMSNorm(dim, eps)
 
-    def forward(self, x: Tensor, plan: AttentionPlan, layer: int) -> Tensor:
+    def qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``x [B, L, dim]`` -> q, k (RMS-normed), v ``[B, H, L, D]``."""
         heads = lambda t: t.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)  # noqa: E731
-        q, k, v = heads(self.norm_q(self.q(x))), heads(self.norm_k(self.k(x))), heads(self.v(x))
-        return self.o(plan(layer, q, k, v).transpose(1, 2).flatten(2))
+        return heads(self.norm_q(self.q(x))), heads(self.norm_k(self.k(x))), heads(self.v(x))
+
+    def out(self, y: Tensor) -> Tensor:
+        """Attention output ``[B, H, L, D]`` -> ``[B, L, dim]``."""
+        return self.o(y.transpose(1, 2).flatten(2))
 
 
 class CrossAttention(SelfAttention):
@@ -129,14 +133,25 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor, e: Tensor, kv: tuple[Tensor, Tensor], plan: AttentionPlan, layer: int,
                 backend: str) -> Tensor:
-        """x ``[B, L, dim]``; e ``[B, T, 6, dim]`` (fp32); kv: this layer's text keys/values."""
-        frames = e.shape[1]
+        """x ``[B, L, dim]``; e ``[B, T, 6, dim]`` (fp32); kv: this layer's text keys/values.
+
+        The self-attention plan (RoPE, cache, mask) runs between two pure-tensor halves, which
+        ``WanModel.compile_blocks`` can compile without the plan's Python state.
+        """
         m = (self.modulation.float()[:, None] + e).unbind(2)    # 6 x [B, T, dim]
-        y = self.self_attn(_modulate(self.norm1(x), m[0], m[1], frames), plan, layer)
-        x = x + _gate(y, m[2], frames)
+        q, k, v = self.attention_inputs(x, m[0], m[1])
+        return self.after_attention(x, plan(layer, q, k, v), m[2:], kv, backend)
+
+    def attention_inputs(self, x: Tensor, shift: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return self.self_attn.qkv(_modulate(self.norm1(x), shift, scale, shift.shape[1]))
+
+    def after_attention(self, x: Tensor, y: Tensor, m: tuple[Tensor, ...], kv: tuple[Tensor, Tensor],
+                        backend: str) -> Tensor:
+        frames = m[0].shape[1]
+        x = x + _gate(self.self_attn.out(y), m[0], frames)
         x = x + self.cross_attn(self.norm3(x), kv, backend)
-        y = self.ffn(_modulate(self.norm2(x), m[3], m[4], frames))
-        return x + _gate(y, m[5], frames)
+        y = self.ffn(_modulate(self.norm2(x), m[1], m[2], frames))
+        return x + _gate(y, m[3], frames)
 
 
 class Head(nn.Module):
@@ -171,6 +186,12 @@ class WanModel(nn.Module):
         self.head = Head(arch)
         self.rope = Rope(arch.head_dim, arch.rope_max_len)
         self.gradient_checkpointing = False
+
+    def compile_blocks(self, **options) -> None:
+        """``torch.compile`` the pure-tensor halves of every block (the attention plan stays eager)."""
+        for blk in self.blocks:
+            blk.attention_inputs = torch.compile(blk.attention_inputs, **options)
+            blk.after_attention = torch.compile(blk.after_attention, **options)
 
     def grid(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
         """Token grid ``(T', h, w)`` of a latent ``[*, frames, C, height, width]``."""

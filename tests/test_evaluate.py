@@ -1,0 +1,109 @@
+"""Long-rollout evaluation: samplers, metric aggregation and the report, on inputs with known answers."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from vidforce import evaluate as ev
+from vidforce.data.mini_world import WorldSpec, render, scene_for_seed
+from vidforce.models.codecs.pixel import PixelCodec
+from vidforce.models.text import TinyTextEncoder
+from vidforce.rollout import Sampler
+from tests.models.helpers import tiny_causal
+
+SPEC = WorldSpec(max_sprites=1)        # one sprite: no occlusion, so the truth counts exactly
+
+
+def _setup(seeds=(3, 4), horizon=6, multiples=(1, 4)):
+    return ev.EvalSetup(SPEC, seeds, horizon, 3, 8.0, multiples, (12, 16, 16), 2, 4)
+
+
+def _truth_sampler(setup, codec):
+    """A model stub that 'generates' the rendered ground truth of each scene."""
+    def sample(prompts, noise):
+        videos = [render(scene_for_seed(s, setup.spec), setup.spec, noise.shape[1])[0] for s in setup.seeds]
+        pixels = torch.from_numpy(np.stack(videos)).permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0
+        return codec.encode(pixels)
+    return sample
+
+
+def test_euler_sigmas_are_the_shifted_uniform_grid():
+    sigmas = ev.euler_sigmas(4, 3.0)
+    assert sigmas[0] == 1.0 and sigmas[-1] == 0.0 and len(sigmas) == 5
+    assert sigmas[2] == pytest.approx(0.75)             # 3 * 0.5 / (1 + 2 * 0.5)
+    assert list(sigmas) == sorted(sigmas, reverse=True)
+    with pytest.raises(ValueError, match="euler steps"):
+        ev.euler_sigmas(0, 3.0)
+
+
+def test_euler_sample_follows_a_straight_flow_exactly():
+    x0, eps = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
+    out = ev.euler_sample(lambda x, s: eps - x0, eps, ev.euler_sigmas(7, 5.0))
+    torch.testing.assert_close(out, x0)
+
+
+def test_scene_noise_does_not_depend_on_the_batch():
+    both = ev.scene_noise((1, 2), 3, (12, 4, 4), "cpu")
+    alone = ev.scene_noise((2,), 3, (12, 4, 4), "cpu")
+    torch.testing.assert_close(both[1], alone[0])
+
+
+@pytest.mark.parametrize("kind", ["few_step", "euler"])
+def test_causal_samplers_are_prefix_consistent(kind):
+    """One long rollout gives every horizon: the first N frames do not depend on later ones."""
+    model = tiny_causal(frames_per_chunk=3, window=6, sink=3, rope_mode="relative")
+    text = TinyTextEncoder(dim=model.arch.text_dim, text_len=model.arch.text_len)
+    steps = Sampler((1.0, 0.75), 0.0)
+    sample = (ev.few_step_sampler(model, text, steps) if kind == "few_step"
+              else ev.euler_causal_sampler(model, text, ev.euler_sigmas(3, 3.0), steps))
+    noise = ev.scene_noise((0, 1), 12, (model.arch.in_dim, 4, 4), "cpu")
+    long, short = sample(["a red circle", "a blue square"], noise), sample(["a red circle", "a blue square"], noise[:, :6])
+    assert long.shape == noise.shape
+    torch.testing.assert_close(long[:, :6], short)
+
+
+def test_truth_stub_scores_near_zero_error():
+    setup, codec = _setup(), PixelCodec(2)
+    videos = ev.generate_videos(_truth_sampler(setup, codec), codec, ["", ""], torch.zeros(2, 24, 12, 16, 16))
+    summary = ev.summarize_model(videos, setup)
+    for h in ("1", "4"):
+        row = summary["horizons"][h]
+        assert row["count_accuracy"] == 1.0 and row["count_error"] == 0.0
+        assert row["colour_error"] < 1e-6 and row["background_error"] < 1e-6
+        assert row["size_error"] < 0.15
+        assert 0.7 < row["speed_ratio"] < 1.1
+    assert len(summary["curves"]["t"]) == len(summary["curves"]["size_error"]) == 8   # 24 frames / chunk 3
+
+
+def test_frozen_video_has_speed_ratio_zero_and_no_motion():
+    setup = _setup(seeds=(3,))
+    frame = render(scene_for_seed(3, SPEC), SPEC, 1)[0]
+    summary = ev.summarize_model([np.repeat(frame, 12, axis=0)], setup)
+    row = summary["horizons"]["1"]
+    assert row["speed_ratio"] == pytest.approx(0.0, abs=1e-9)
+    assert row["flicker"] == 0.0 and row["motion"] < 1e-3
+    assert "4" not in summary["horizons"]            # 12 frames hold only the 1x horizon
+
+
+def test_block_means_and_table_nan_cells():
+    np.testing.assert_allclose(ev.block_means(np.array([1.0, 3.0, np.nan, 5.0, 7.0]), 2), [2.0, 5.0, 7.0])
+    row = dict.fromkeys(ev.WORLD_KEYS + ev.DRIFT_KEYS, 0.5)
+    row["speed_ratio"] = math.nan
+    table = ev.table_markdown({"m": {"horizons": {"1": row}}})
+    assert "| m | 1x | 0.500 |" in table and "| - |" in table
+
+
+def test_evaluate_writes_the_report(tmp_path):
+    setup, codec = _setup(), PixelCodec(2)
+    samplers = {"truth": (_truth_sampler(setup, codec), 4), "short": (_truth_sampler(setup, codec), 1)}
+    models = ev.evaluate(samplers, codec, setup, tmp_path)
+    assert set(models) == {"data", "truth", "short"}
+    assert set(models["short"]["horizons"]) == {"1"}
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["models"]["data"]["horizons"]["4"]["count_accuracy"] > 0.9
+    assert results["setup"]["prompts"][0].endswith("background")
+    assert "| truth | 4x |" in (tmp_path / "table.md").read_text()
+    for name in ("curves.png", "strip_truth.png", "strip_short.png", "strip_data.png"):
+        assert 0 < (tmp_path / name).stat().st_size < 16 * 2**20

@@ -1,0 +1,292 @@
+"""Long-rollout evaluation of mini-world models: world metrics and drift at 1x / 4x / 10x the teacher horizon.
+
+Every model generates from the same fixed scenes (seed -> ``Scene`` -> ``prompt_for``) and the same noise
+(one generator per scene seed, so a scene's noise does not depend on the batch). Samplers:
+
+- few-step students (ode_init, self_forcing, self_forcing_pp): the streaming chunk step
+  (:func:`vidforce.rollout.rollout`, exit at the last step, inference rolling cache, no grad);
+- data-trained causal baselines (teacher_forcing, diffusion_forcing): they are not distilled, so each chunk
+  is sampled with a many-step Euler ODE (:func:`euler_sample`) against the same rolling cache, then committed
+  with the same clean-context refresh (:func:`vidforce.rollout.refresh_cache`);
+- the bidirectional teacher: K frames only, the many-step Euler ODE with CFG (the sampler of its ODE pairs).
+
+A causal model's first ``h K`` frames do not depend on what follows, so one ``10 K`` rollout gives every
+horizon: *horizon h* reports the metrics of the last teacher-horizon block ``[(h - 1) K, h K)``. World
+metrics (``data.world_metrics``) are per frame against the scene truth; drift metrics
+(``diagnostics.analyze_frames``) per K-frame window. The data reference is the truth rendered for the same
+scenes and sent through the training data path (mp4 at the recipe's quality, decoded by decord).
+"""
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import imageio.v2 as imageio
+import numpy as np
+import torch
+from torch import Tensor
+
+from vidforce.data.mini_world import WorldSpec, prompt_for, render, scene_for_seed, write_mp4
+from vidforce.data.video import read_frames
+from vidforce.data.world_metrics import world_metrics
+from vidforce.diagnostics import analyze_frames
+from vidforce.diffusion import cfg as guide, shift_sigma
+from vidforce.rollout import Sampler, refresh_cache, rollout
+from vidforce.video_io import to_uint8_frames
+
+WORLD_KEYS = ("count_accuracy", "count_error", "size_error", "colour_error", "speed_ratio", "background_error")
+DRIFT_KEYS = ("color_shift", "motion", "flicker", "hold_similarity")
+SampleFn = Callable[[list[str], Tensor], Tensor]   # (prompts, noise [B, N, C, h, w]) -> latents [B, N, C, h, w]
+
+
+@dataclass(frozen=True)
+class EvalSetup:
+    """What every model is evaluated on. ``horizon``: teacher horizon K in latent (= pixel) frames."""
+    spec: WorldSpec
+    seeds: tuple[int, ...]
+    horizon: int
+    chunk: int
+    fps: float
+    multiples: tuple[int, ...]
+    latent_shape: tuple[int, int, int]     # (C, h, w)
+    strip_scenes: int
+    strip_frames: int
+
+
+# ---------------------------------------------------------------- samplers
+
+def euler_sigmas(steps: int, shift: float) -> tuple[float, ...]:
+    """Decreasing Euler grid ``shift_sigma(linspace(1, 0, steps + 1))`` (the ODE-pair sampler's spacing)."""
+    if steps < 1:
+        raise ValueError(f"euler steps must be >= 1, got {steps}")
+    return tuple(float(shift_sigma(1.0 - i / steps, shift)) for i in range(steps + 1))
+
+
+def euler_sample(flow: Callable[[Tensor, float], Tensor], noise: Tensor, sigmas: tuple[float, ...]) -> Tensor:
+    """Euler ODE ``x <- x + (s_next - s) v(x, s)`` from ``noise`` at ``sigmas[0]`` to x0 at ``sigmas[-1] = 0``."""
+    x = noise
+    for s, s_next in zip(sigmas[:-1], sigmas[1:]):
+        x = x + (s_next - s) * flow(x, s)
+    return x
+
+
+def _t(sigma: float, like: Tensor) -> Tensor:
+    """Timesteps ``[B, T]`` of ``like [B, T, ...]`` at ``sigma``."""
+    return torch.full(like.shape[:2], sigma * 1000.0, device=like.device, dtype=torch.float32)
+
+
+def teacher_flow(teacher, cond, uncond, guidance: float) -> Callable[[Tensor, float], Tensor]:
+    """Bidirectional flow with CFG ``v_u + g (v_c - v_u)`` (``cond`` / ``uncond`` text embeddings)."""
+    kv_c, kv_u = teacher.text_kv(cond), teacher.text_kv(uncond)
+
+    def flow(x: Tensor, s: float) -> Tensor:
+        v_c = teacher(x, _t(s, x), text_kv=kv_c)
+        return v_c if guidance == 1.0 else guide(teacher(x, _t(s, x), text_kv=kv_u), v_c, guidance)
+    return flow
+
+
+def teacher_sampler(teacher, text, negative: str, sigmas, guidance: float) -> SampleFn:
+    """The bidirectional teacher: all frames at once, many-step Euler with CFG."""
+    @torch.no_grad()
+    def sample(prompts: list[str], noise: Tensor) -> Tensor:
+        cond = text.encode(prompts).to(noise.device)
+        uncond = text.encode([negative] * len(prompts)).to(noise.device)
+        return euler_sample(teacher_flow(teacher, cond, uncond, guidance), noise, sigmas)
+    return sample
+
+
+def few_step_sampler(model, text, sampler: Sampler) -> SampleFn:
+    """A distilled causal student: the streaming chunk step (few steps, rolling cache, refresh). The
+    re-noising between steps draws from one generator seeded 0 per batch."""
+    @torch.no_grad()
+    def sample(prompts: list[str], noise: Tensor) -> Tensor:
+        kv = model.text_kv(text.encode(prompts).to(noise.device))
+        rng = torch.Generator(noise.device).manual_seed(0)
+        return rollout(model, noise, kv, sampler, len(sampler.sigmas) - 1, generator=rng)
+    return sample
+
+
+def euler_causal_sampler(model, text, sigmas, context: Sampler) -> SampleFn:
+    """A data-trained causal model: many-step Euler per chunk on the rolling cache, then the refresh pass."""
+    @torch.no_grad()
+    def sample(prompts: list[str], noise: Tensor) -> Tensor:
+        kv = model.text_kv(text.encode(prompts).to(noise.device))
+        b, n, _, h, w = noise.shape
+        cache = model.new_cache(b, h, w, n, noise.device, next(model.parameters()).dtype)
+        outs = []
+        for start in range(0, n, model.frames_per_chunk):
+            chunk = noise[:, start:start + model.frames_per_chunk]
+            flow = lambda x, s: model.forward_chunk(x, _t(s, x), cache, start, write=True, text_kv=kv)  # noqa: E731
+            x0 = euler_sample(flow, chunk, sigmas)
+            refresh_cache(model, x0, cache, start, kv, context)
+            outs.append(x0)
+        return torch.cat(outs, dim=1)
+    return sample
+
+
+def scene_noise(seeds: tuple[int, ...], frames: int, latent_shape: tuple[int, int, int], device) -> Tensor:
+    """Noise ``[S, frames, C, h, w]``: scene i's from its own seed (same for every model and batch)."""
+    rows = [torch.randn((frames, *latent_shape), generator=torch.Generator().manual_seed(s)) for s in seeds]
+    return torch.stack(rows).to(device)
+
+
+def generate_videos(sample: SampleFn, codec, prompts: list[str], noise: Tensor) -> list[np.ndarray]:
+    """Sample latents, decode them: one uint8 ``[T, H, W, 3]`` video per prompt."""
+    latents = sample(prompts, noise).float()
+    return [to_uint8_frames(v) for v in codec.decode(latents)]
+
+
+def data_videos(setup: EvalSetup, frames: int) -> list[np.ndarray]:
+    """The scenes' truth through the training data path: mp4 written as in the recipe, decoded by decord."""
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in setup.seeds:
+            video, _ = render(scene_for_seed(seed, setup.spec), setup.spec, frames)
+            path = Path(tmp) / f"{seed}.mp4"
+            write_mp4(path, video, setup.fps)
+            out.append(read_frames(path, np.arange(frames)))
+    return out
+
+
+# ---------------------------------------------------------------- metrics
+
+def nanmean(x: np.ndarray, axis=None):
+    """Mean ignoring NaN; NaN where nothing is left (no warning)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=RuntimeWarning)
+        return np.nanmean(x, axis=axis)
+
+
+def per_frame(videos: list[np.ndarray], setup: EvalSetup) -> dict[str, np.ndarray]:
+    """World metrics of every video against its scene: ``{metric: [S, T]}`` (plus ``count_accuracy``)."""
+    rows = []
+    for video, seed in zip(videos, setup.seeds):
+        m = world_metrics(video, scene_for_seed(seed, setup.spec))
+        m["count_accuracy"] = (m["count_error"] == 0).astype(np.float64)
+        rows.append(m)
+    return {k: np.stack([r[k] for r in rows]) for k in WORLD_KEYS}
+
+
+def drift_windows(videos: list[np.ndarray], setup: EvalSetup) -> dict[str, np.ndarray]:
+    """Drift metrics per K-frame window, averaged over scenes: ``{metric: [W]}``."""
+    results = [analyze_frames(v, setup.fps, window_frames=setup.horizon) for v in videos]
+    return {k: nanmean(np.array([[w[k] for w in r["windows"]] for r in results], dtype=np.float64), axis=0)
+            for k in DRIFT_KEYS}
+
+
+def block_means(values: np.ndarray, size: int) -> np.ndarray:
+    """Means of consecutive blocks of ``size`` along the last axis: ``[..., T] -> [..., ceil(T / size)]``."""
+    return np.stack([nanmean(values[..., s:s + size], axis=-1) for s in range(0, values.shape[-1], size)], -1)
+
+
+def summarize_model(videos: list[np.ndarray], setup: EvalSetup) -> dict:
+    """Per horizon multiple: world metrics over its last K-frame block and that block's drift window; and
+    the curves (per chunk, averaged over scenes) against time."""
+    frames, drift, k = per_frame(videos, setup), drift_windows(videos, setup), setup.horizon
+    length = videos[0].shape[0]
+    horizons = {}
+    for h in (m for m in setup.multiples if m * k <= length):
+        row = {name: float(nanmean(v[:, (h - 1) * k:h * k])) for name, v in frames.items()}
+        row.update({name: float(v[h - 1]) for name, v in drift.items()})
+        horizons[str(h)] = row
+    curves = {name: block_means(nanmean(v, axis=0), setup.chunk).tolist() for name, v in frames.items()}
+    curves["t"] = (np.arange(0, length, setup.chunk) / setup.fps).tolist()
+    drift_curves = {name: v.tolist() for name, v in drift.items()}
+    drift_curves["t"] = (np.arange(len(drift["motion"])) * k / setup.fps).tolist()
+    return {"frames": length, "horizons": horizons, "curves": curves, "drift_curves": drift_curves}
+
+
+# ---------------------------------------------------------------- report
+
+def _clean(x):
+    """JSON-safe copy: NaN / inf -> None."""
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def table_markdown(models: dict[str, dict]) -> str:
+    """Markdown table: one row per (model, horizon), one column per metric."""
+    keys = WORLD_KEYS + DRIFT_KEYS
+    lines = ["| model | horizon | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+    for name, res in models.items():
+        for h, row in res["horizons"].items():
+            cells = ["-" if row[k] is None or not math.isfinite(row[k]) else f"{row[k]:.3f}" for k in keys]
+            lines.append(f"| {name} | {h}x | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(models: dict[str, dict], setup: EvalSetup, path: Path) -> None:
+    """One panel per metric, one line per model (the data reference dashed black), time in seconds."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
+    from matplotlib.figure import Figure  # noqa: PLC0415
+    keys = WORLD_KEYS + DRIFT_KEYS
+    fig = Figure(figsize=(4 * 5, 3.2 * 2))
+    FigureCanvasAgg(fig)
+    for ax, key in zip(fig.subplots(2, 5).ravel(), keys):
+        curves = "drift_curves" if key in DRIFT_KEYS else "curves"
+        for name, res in models.items():
+            style = dict(color="black", linestyle="--") if name == "data" else {}
+            ax.plot(res[curves]["t"], res[curves][key], label=name, linewidth=1.2, **style)
+        for h in setup.multiples:
+            ax.axvline(h * setup.horizon / setup.fps, color="0.8", linewidth=0.8, zorder=0)
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("time [s]", fontsize=8)
+        ax.tick_params(labelsize=7)
+    fig.axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+
+
+def write_strip(videos: list[np.ndarray], setup: EvalSetup, path: Path, scale: int = 3) -> None:
+    """PNG grid: rows = the first ``strip_scenes`` scenes, columns = ``strip_frames`` frames evenly spread
+    over the whole video (nearest-neighbour upscaled, 2-px white gaps)."""
+    length = videos[0].shape[0]
+    picks = np.unique(np.linspace(0, length - 1, setup.strip_frames).round().astype(int))
+    rows = []
+    for video in videos[:setup.strip_scenes]:
+        tiles = [np.pad(video[i].repeat(scale, 0).repeat(scale, 1), ((2, 2), (2, 2), (0, 0)), constant_values=255)
+                 for i in picks]
+        rows.append(np.concatenate(tiles, axis=1))
+    imageio.imwrite(path, np.concatenate(rows, axis=0))
+
+
+def write_report(models: dict[str, dict], videos: dict[str, list[np.ndarray]], setup: EvalSetup,
+                 out: Path) -> Path:
+    """``results.json``, ``table.md``, ``curves.png`` and ``strip_<model>.png`` in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    meta = asdict(setup)
+    meta["spec"] = asdict(setup.spec)
+    meta["prompts"] = [prompt_for(scene_for_seed(s, setup.spec)) for s in setup.seeds]
+    (out / "results.json").write_text(json.dumps(_clean({"setup": meta, "models": models}), indent=1) + "\n")
+    (out / "table.md").write_text(table_markdown(models))
+    plot_curves(models, setup, out / "curves.png")
+    for name, vids in videos.items():
+        write_strip(vids, setup, out / f"strip_{name}.png")
+    return out / "results.json"
+
+
+def evaluate(samplers: dict[str, tuple[SampleFn, int]], codec, setup: EvalSetup, out: str | Path,
+             device="cpu") -> dict[str, dict]:
+    """Evaluate ``{name: (sample_fn, horizon multiples it can roll out)}`` plus the data reference; write the
+    report under ``out``; return ``{name: summary}``."""
+    if codec.temporal_factor != 1:
+        raise ValueError("mini-world evaluation needs a codec with temporal factor 1 (codec.kind=pixel)")
+    prompts = [prompt_for(scene_for_seed(s, setup.spec)) for s in setup.seeds]
+    longest = max(setup.multiples) * setup.horizon
+    noise = scene_noise(setup.seeds, longest, setup.latent_shape, device)
+    videos = {"data": data_videos(setup, longest)}
+    for name, (sample, multiple) in samplers.items():
+        videos[name] = generate_videos(sample, codec, prompts, noise[:, :multiple * setup.horizon])
+    models = {name: summarize_model(v, setup) for name, v in videos.items()}
+    write_report(models, videos, setup, Path(out))
+    return models

@@ -1,0 +1,114 @@
+"""Micro-batch assembly for one rank: prompts, video clips or ODE pairs -> ``objectives.Batch``.
+
+``objective.data`` picks the source:
+- ``prompts``: ``data.prompts`` through a seeded, rank-sharded ``PromptSampler``; ``cond`` = their embeddings.
+- ``videos``: clips of ``codec.num_frames(rollout.num_frames)`` pixel frames at ``data.fps`` from ``data.videos``
+  (non-overlapping, resized to the latent size times the codec factor), drawn by a rank-sharded
+  ``ClipSampler``, encoded to ``latents`` by the codec; ``cond`` = caption embeddings.
+- ``ode_pairs``: ``objective.ode_pairs`` from ``tools/make_ode_pairs.py``, read one pair at a time
+  (``trajectory [S+1, T, C, H, W]``, ``text [L, D]``).
+``uncond`` is the embedding of ``data.negative_prompt``, encoded once. Reading is synchronous, so the
+sampler position is exactly what the trainer consumed (checkpointed for exact resume).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from vidforce.data import ClipSampler, PromptSampler, VideoClipDataset, load_prompts
+from vidforce.objectives import Batch
+
+
+def take(sampler: ClipSampler, n: int) -> list[int]:
+    """The next ``n`` indices of a ``ClipSampler``, crossing epochs."""
+    out: list[int] = []
+    while len(out) < n:
+        for index in sampler:
+            out.append(index)
+            if len(out) == n:
+                break
+    return out
+
+
+class ODEPairs:
+    """Lazy reader of an ODE-pair safetensors file: ``trajectory [P, S+1, T, C, H, W]``, ``text [P, L, D]``."""
+
+    def __init__(self, path: str):
+        if not path:
+            raise ValueError("objective.ode_pairs is empty: make pairs with tools/make_ode_pairs.py")
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"objective.ode_pairs not found: {self.path}")
+        with safe_open(self.path, "pt") as f:
+            missing = {"trajectory", "text"} - set(f.keys())
+            if missing:
+                raise ValueError(f"objective.ode_pairs {self.path} lacks {sorted(missing)}")
+            self.shape = tuple(f.get_slice("trajectory").get_shape())
+            if f.get_slice("text").get_shape()[0] != self.shape[0]:
+                raise ValueError(f"objective.ode_pairs {self.path}: trajectory and text disagree on the pair count")
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def read(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``trajectory [B, S+1, T, C, H, W]`` and ``text [B, L, D]`` of the given pairs."""
+        with safe_open(self.path, "pt") as f:
+            traj, text = f.get_slice("trajectory"), f.get_slice("text")
+            return (torch.cat([traj[i:i + 1] for i in indices]), torch.cat([text[i:i + 1] for i in indices]))
+
+
+class BatchSource:
+    """Micro-batches of ``train.batch_size`` samples for this rank, resumable via ``state_dict``."""
+
+    def __init__(self, cfg, kind: str, text_encoder, codec, device: torch.device, rank: int, world: int):
+        self.cfg, self.kind, self.text, self.codec, self.device = cfg, kind, text_encoder, codec, device
+        seed = cfg.train.seed
+        if kind == "prompts":
+            if not cfg.data.prompts:
+                raise ValueError("data.prompts is empty: this objective rolls out from prompts")
+            self.prompts = PromptSampler(load_prompts(cfg.data.prompts), seed, rank, world)
+            self.order = self.prompts.order
+        elif kind == "videos":
+            if not cfg.data.videos:
+                raise ValueError(f"data.videos is empty: objective.name={cfg.objective.name} trains on video clips")
+            frames = codec.num_frames(cfg.rollout.num_frames)
+            s = codec.spatial_factor
+            self.clips = VideoClipDataset(cfg.data.videos, frames, frames, cfg.data.fps,
+                                          cfg.data.latent_height * s, cfg.data.latent_width * s)
+            self.order = ClipSampler(len(self.clips), seed, rank, world)
+        elif kind == "ode_pairs":
+            self.pairs = ODEPairs(cfg.objective.ode_pairs)
+            self.order = ClipSampler(len(self.pairs), seed, rank, world)
+        else:
+            raise ValueError(f"objective data kind must be prompts, videos or ode_pairs, got {kind!r}")
+        self.uncond = self.encode([cfg.data.negative_prompt])
+
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        return self.text.encode(prompts).to(self.device)
+
+    def next(self) -> Batch:
+        """The next micro-batch (on the training device)."""
+        b = self.cfg.train.batch_size
+        uncond = self.uncond.expand(b, -1, -1)
+        if self.kind == "prompts":
+            return Batch(cond=self.encode(self.prompts.sample(b)), uncond=uncond)
+        if self.kind == "videos":
+            items = [self.clips[i] for i in take(self.order, b)]
+            video = torch.stack([item["video"] for item in items]).to(self.device)
+            with torch.no_grad():
+                latents = self.codec.encode(video).float()
+            return Batch(cond=self.encode([item["prompt"] for item in items]), uncond=uncond, latents=latents)
+        trajectory, text = self.pairs.read(take(self.order, b))
+        return Batch(cond=text.to(self.device), uncond=uncond, trajectory=trajectory.float().to(self.device))
+
+    def state_dict(self) -> dict:
+        return self.order.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.order.load_state_dict(state)
+
+    def start_epoch(self, epoch: int) -> None:
+        """Continue from the start of ``epoch`` (resume on another world size)."""
+        self.order.epoch, self.order.position = epoch, 0

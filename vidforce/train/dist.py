@@ -1,0 +1,111 @@
+"""Process-group helpers. A single process is a DeepSpeed world of size 1: there is one code path.
+
+``init`` fills ``MASTER_ADDR / MASTER_PORT / RANK / WORLD_SIZE / LOCAL_RANK`` when a launcher did not
+(one process), then ``deepspeed.init_distributed`` with gloo on CPU or nccl on CUDA. Collectives
+(``broadcast_ints``, ``reduce_mean``, ``barrier``) also work before ``init`` in a world of one.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+
+import torch
+import torch.distributed as tdist
+
+_STATE = {"device": torch.device("cpu")}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pick_device(choice: str) -> torch.device:
+    """``train.device``: auto (CUDA when available) | cpu | cuda; CUDA uses ``cuda:LOCAL_RANK``."""
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("train.device=cuda but no CUDA device is available")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    elif choice == "cpu":
+        return torch.device("cpu")
+    else:
+        raise ValueError(f"train.device must be auto, cpu or cuda, got {choice!r}")
+
+
+def init(device: torch.device, timeout_s: int) -> None:
+    """Join (or create) the process group: gloo on CPU, nccl on CUDA. Idempotent."""
+    for key, value in (("MASTER_ADDR", "127.0.0.1"), ("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
+        os.environ.setdefault(key, value)
+    if "MASTER_PORT" not in os.environ:
+        if os.environ["WORLD_SIZE"] != "1":
+            raise ValueError("MASTER_PORT is not set for a multi-process run (use a launcher: launch/README.md)")
+        os.environ["MASTER_PORT"] = str(_free_port())
+    _STATE["device"] = device
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    else:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        if "OMP_NUM_THREADS" not in os.environ:     # share the cores between this host's ranks
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))
+    if tdist.is_available() and tdist.is_initialized():
+        return
+    import deepspeed  # noqa: PLC0415 (heavy; only training needs it)
+    deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo",
+                               timeout=datetime.timedelta(seconds=timeout_s))
+
+
+def _active() -> bool:
+    return tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1
+
+
+def rank() -> int:
+    return tdist.get_rank() if tdist.is_available() and tdist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return tdist.get_world_size() if tdist.is_available() and tdist.is_initialized() else 1
+
+
+def broadcast_ints(values: list[int]) -> list[int]:
+    """Rank 0's ``values`` on every rank (the same list back in a world of one)."""
+    if not _active():
+        return [int(v) for v in values]
+    t = torch.tensor([int(v) for v in values], dtype=torch.int64, device=_STATE["device"])
+    tdist.broadcast(t, src=0)
+    return [int(v) for v in t.tolist()]
+
+
+def _reduce(metrics: dict[str, float], op) -> dict[str, float]:
+    if not _active() or not metrics:
+        return {k: float(v) for k, v in metrics.items()}
+    keys = sorted(metrics)
+    t = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=_STATE["device"])
+    tdist.all_reduce(t, op=op)
+    return dict(zip(keys, t.tolist()))
+
+
+def reduce_mean(metrics: dict[str, float]) -> dict[str, float]:
+    """Mean over ranks of each value (every rank passes the same keys, in any order)."""
+    total = _reduce(metrics, tdist.ReduceOp.SUM)
+    return {k: v / world_size() for k, v in total.items()}
+
+
+def reduce_max(metrics: dict[str, float]) -> dict[str, float]:
+    """Max over ranks of each value (peak memory, slowest step time)."""
+    return _reduce(metrics, tdist.ReduceOp.MAX)
+
+
+def barrier() -> None:
+    if _active():
+        tdist.barrier()
+
+
+def shutdown() -> None:
+    """Destroy the process group (end of a CLI run)."""
+    if tdist.is_available() and tdist.is_initialized():
+        tdist.destroy_process_group()

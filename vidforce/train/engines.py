@@ -1,0 +1,113 @@
+"""DeepSpeed engines: the generator and the critic (own optimizer and config each) and the frozen teacher.
+
+- **generator**: the chunk-causal student (``models.build.build_generator``), built in fp32 so DeepSpeed's
+  fp32 master weights are exact; ZeRO stage ``train.generator_zero_stage``.
+- **critic** (``"critic" in objective.networks``): a deep copy of the *teacher's* weights made before any
+  ``deepspeed.initialize`` (two engines never wrap the same module objects); for ``objective.name=gan`` it
+  is wrapped in ``objectives.gan.CriticWithHead``. ZeRO stage ``train.critic_zero_stage``.
+- **teacher**: frozen (eval, ``requires_grad=False``) in the training precision, replicated, or partitioned
+  by a stage-3 engine without optimizer when ``train.teacher_zero3`` (never ``init_inference``).
+Every engine gets ``gradient_clipping = optim.grad_clip`` explicitly (DeepSpeed >= 0.19.3 defaults to 1.0)
+and a ``torch.optim.AdamW`` object (no JIT-built Adam). Objectives see the engines' ``.module``s.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from vidforce.models.build import build_generator, build_teacher
+from vidforce.models.wan import WanModel
+from vidforce.objectives import Nets
+from vidforce.objectives.gan import CriticWithHead
+
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def ds_config(cfg, stage: int, universal: bool = False) -> dict:
+    """DeepSpeed config dict of one engine (ZeRO ``stage``) from our config; ``universal``: it will load a
+    universal checkpoint (resume on another world size / stage)."""
+    t = cfg.train
+    out = {
+        "train_micro_batch_size_per_gpu": t.batch_size,
+        "gradient_accumulation_steps": t.grad_accum,
+        "gradient_clipping": float(cfg.optim.grad_clip),
+        "zero_optimization": {"stage": stage},
+        "bf16": {"enabled": t.precision == "bf16"},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 2 ** 31 - 1,
+        "wall_clock_breakdown": False,
+        "checkpoint": {"load_universal": universal},
+    }
+    return out
+
+
+def set_activation_checkpointing(module: nn.Module, enabled: bool) -> None:
+    """Per-block activation checkpointing on every Wan DiT inside ``module``."""
+    for m in module.modules():
+        if isinstance(m, WanModel):
+            m.gradient_checkpointing = enabled
+
+
+def adamw(module: nn.Module, lr: float, optim) -> torch.optim.AdamW:
+    betas = (float(optim.betas[0]), float(optim.betas[1]))
+    params = [p for p in module.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=float(optim.weight_decay))
+
+
+def _initialize(module: nn.Module, config: dict, optimizer=None):
+    import deepspeed  # noqa: PLC0415
+    engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer, config=config)
+    return engine
+
+
+@dataclass
+class Engines:
+    """The engines of one run; ``teacher`` is a plain module (replicated) or a stage-3 engine."""
+    generator: object
+    critic: object | None = None
+    teacher: object | None = None
+
+    def nets(self) -> Nets:
+        """The modules the objective calls (engines' ``.module``; all ranks call them in the same order)."""
+        unwrap = lambda e: None if e is None else (e.module if hasattr(e, "module") else e)  # noqa: E731
+        return Nets(generator=self.generator.module, critic=unwrap(self.critic), teacher=unwrap(self.teacher))
+
+    def trained(self) -> dict[str, object]:
+        """Engines with an optimizer, by role (checkpointed)."""
+        return {name: e for name, e in (("generator", self.generator), ("critic", self.critic)) if e is not None}
+
+
+def build_modules(cfg, networks: tuple[str, ...], device: torch.device) -> dict[str, nn.Module]:
+    """Plain modules before ``deepspeed.initialize``: ``generator`` (fp32), ``critic`` (a deep copy of the
+    teacher, grad on), ``teacher`` (frozen, training precision). Seeded so every rank builds the same weights."""
+    torch.manual_seed(cfg.train.seed)
+    out = {"generator": build_generator(cfg, device, torch.float32).train()}
+    if "critic" in networks or "teacher" in networks:
+        teacher = build_teacher(cfg, device, DTYPES[cfg.train.precision])
+        if "critic" in networks:
+            critic = copy.deepcopy(teacher).train().requires_grad_(True)
+            out["critic"] = CriticWithHead(critic).to(device) if cfg.objective.name == "gan" else critic
+        if "teacher" in networks:
+            out["teacher"] = teacher
+    for module in out.values():
+        set_activation_checkpointing(module, cfg.train.activation_checkpointing)
+    return out
+
+
+def wrap_engines(cfg, modules: dict[str, nn.Module], universal: bool = False) -> Engines:
+    """Wrap the plain modules of :func:`build_modules` into DeepSpeed engines."""
+    t, o = cfg.train, cfg.optim
+    gen = modules["generator"]
+    engines = Engines(_initialize(gen, ds_config(cfg, t.generator_zero_stage, universal),
+                                  adamw(gen, o.generator_lr, o)))
+    if "critic" in modules:
+        critic = modules["critic"]
+        engines.critic = _initialize(critic, ds_config(cfg, t.critic_zero_stage, universal),
+                                     adamw(critic, o.critic_lr, o))
+    if "teacher" in modules:
+        teacher = modules["teacher"]
+        engines.teacher = _initialize(teacher, ds_config(cfg, 3)) if t.teacher_zero3 else teacher
+    return engines

@@ -1,0 +1,227 @@
+"""The training loop: ``train(cfg) -> summary``, and the CLI entries ``main_train`` / ``main_export``.
+
+One iteration (``step``, 0-based): draw ``train.grad_accum`` micro-batches; if ``objective.critic_turn(step)``
+the critic engine runs backward + step on each of them, then, if ``objective.generator_turn(step)``, the
+generator engine does, followed by the EMA update. Each turn draws one ``RolloutPlan`` on rank 0 from a
+generator seeded by ``(train.seed, step, role)`` and broadcasts it, so every rank runs the same graph. The
+noise generator of micro-batch ``m`` is seeded by ``(train.seed, step, role, m * world + rank)``: a 1-process
+run with ``grad_accum = W`` and a W-process run with ``grad_accum = 1`` see the same samples and noise.
+The trainer holds no loss maths: it only calls ``objective.critic_loss`` / ``generator_loss``.
+"""
+from __future__ import annotations
+
+import json
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vidforce import components, objectives
+from vidforce.config import load, to_yaml
+from vidforce.objectives import StepContext
+from vidforce.rollout import Sampler, draw_plan
+from vidforce.train import checkpoint, dist
+from vidforce.train.data import BatchSource
+from vidforce.train.ema import EMA
+from vidforce.train.engines import DTYPES, Engines, build_modules, wrap_engines
+from vidforce.train.hooks import DriftHook
+from vidforce.train.logging import MetricLogger
+
+ROLE_IDS = {"critic": 1, "generator": 2}
+
+
+def derive_seed(*parts: int) -> int:
+    """A 32-bit seed from a tuple of ints (``numpy.random.SeedSequence``)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+def check_inputs(cfg, objective) -> None:
+    """Fail before any heavy work, naming the config field of a missing file."""
+    paths = [("model.checkpoint", cfg.model.checkpoint)]
+    if {"teacher", "critic"} & set(objective.networks):
+        paths.append(("teacher.checkpoint", cfg.teacher.checkpoint))
+    if cfg.text.encoder != "tiny":
+        paths.append(("text.path", cfg.text.path))
+    if cfg.codec.kind == "wan_vae":
+        paths.append(("codec.path", cfg.codec.path))
+    for name, path in paths:
+        if path and not Path(path).exists():
+            raise FileNotFoundError(f"{name} not found: {path}")
+    if cfg.drift.every and not cfg.drift.prompts:
+        raise ValueError("drift.every > 0 needs drift.prompts (the fixed prompts of the drift rollouts)")
+
+
+@dataclass
+class Run:
+    """Everything the loop needs."""
+    cfg: object
+    objective: objectives.Objective
+    engines: Engines
+    ema: EMA
+    source: BatchSource
+    logger: MetricLogger
+    hook: DriftHook
+    device: torch.device
+    run_dir: Path
+    start: int
+
+
+def zero_stages(cfg, networks: tuple[str, ...]) -> dict[str, int]:
+    """ZeRO stage of each engine with an optimizer."""
+    out = {"generator": cfg.train.generator_zero_stage}
+    if "critic" in networks:
+        out["critic"] = cfg.train.critic_zero_stage
+    return out
+
+
+def build_engines(cfg, objective, device: torch.device, ckpt: Path | None, state: dict | None) -> Engines:
+    """Modules -> engines, restoring a checkpoint as ``checkpoint.resume_mode`` says."""
+    modules = build_modules(cfg, objective.networks, device)
+    mode = "fresh" if state is None else checkpoint.resume_mode(state, zero_stages(cfg, objective.networks))
+    if mode == "weights":
+        checkpoint.preload_modules(ckpt, modules, state)
+    source = checkpoint.to_universal(ckpt, state) if mode == "universal" else ckpt
+    engines = wrap_engines(cfg, modules, universal=mode == "universal")
+    if mode in ("native", "universal"):
+        checkpoint.load_engines(source, engines)
+    return engines
+
+
+def restore(ckpt: Path, state: dict, ema: EMA, source: BatchSource, device: torch.device) -> int:
+    """EMA, RNG states and data position from a checkpoint; returns the completed step count."""
+    ema.load_state_dict(state["ema"], device)
+    mine = checkpoint.read_rank_state(ckpt, dist.rank())
+    if mine is not None:
+        checkpoint.set_rng_state(mine["rng"])
+    if mine is not None and state["world_size"] == dist.world_size():
+        source.load_state_dict(mine["data"])
+    else:
+        source.start_epoch(checkpoint.read_rank_state(ckpt, 0)["data"]["epoch"] + 1)
+    return state["step"]
+
+
+def setup(cfg) -> Run:
+    """Validate inputs, join the process group, build data, engines, EMA, logger and hook; resume."""
+    objective = objectives.build(cfg)
+    check_inputs(cfg, objective)
+    device = dist.pick_device(cfg.train.device)
+    dist.init(device, cfg.train.dist_timeout_s)
+    run_dir, main = Path(cfg.train.run_dir), dist.rank() == 0
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    dtype = DTYPES[cfg.train.precision]
+    text = components.text_encoder(cfg, device)
+    needs_codec = objective.data == "videos" or cfg.drift.every > 0
+    codec = components.codec(cfg, device, dtype) if needs_codec else None
+    source = BatchSource(cfg, objective.data, text, codec, device, dist.rank(), dist.world_size())
+    ckpt = checkpoint.find_resume(run_dir, cfg.train.resume)
+    state = checkpoint.read_trainer_state(ckpt) if ckpt is not None else None
+    engines = build_engines(cfg, objective, device, ckpt, state)
+    ema = EMA(cfg.optim.ema_decay, cfg.optim.ema_start, keep=main)
+    start = restore(ckpt, state, ema, source, device) if state is not None else 0
+    logger = MetricLogger(cfg, run_dir, start, main)
+    hook = DriftHook(cfg, codec, text, run_dir, device, dtype)
+    return Run(cfg, objective, engines, ema, source, logger, hook, device, run_dir, start)
+
+
+def run_turn(run: Run, role: str, step: int, batches: list) -> dict[str, float]:
+    """One engine's turn: forward, backward and step on every micro-batch; mean logs and the grad norm."""
+    cfg, engine = run.cfg, run.engines.trained()[role]
+    sampler = Sampler.from_config(cfg.schedule)
+    plan_rng = torch.Generator().manual_seed(derive_seed(cfg.train.seed, step, ROLE_IDS[role]))
+    plan = draw_plan(cfg.rollout, len(sampler.sigmas), cfg.causal.frames_per_chunk, plan_rng,
+                     broadcast=dist.broadcast_ints)
+    loss_fn = run.objective.critic_loss if role == "critic" else run.objective.generator_loss
+    shape = (cfg.model.in_dim, cfg.data.latent_height, cfg.data.latent_width)
+    logs: dict[str, float] = {}
+    for m, batch in enumerate(batches):
+        slot = m * dist.world_size() + dist.rank()
+        rng = torch.Generator(run.device).manual_seed(derive_seed(cfg.train.seed, step, ROLE_IDS[role], slot))
+        ctx = StepContext(run.engines.nets(), batch, plan, sampler, cfg, rng, shape)
+        loss, extra = loss_fn(ctx)
+        engine.backward(loss)
+        engine.step()
+        for k, v in {f"loss/{role}": loss.item(), **extra}.items():
+            logs[k] = logs.get(k, 0.0) + v / len(batches)
+    logs[f"grad_norm/{role}"] = float(engine.get_global_grad_norm() or 0.0)
+    return logs
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """Peak device memory (CUDA) or peak resident set size (CPU), in GB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
+def train_step(run: Run, step: int) -> dict[str, float]:
+    """One iteration; metrics reduced across ranks (means; max for time and memory)."""
+    cfg, obj = run.cfg, run.objective
+    t0 = time.perf_counter()
+    batches = [run.source.next() for _ in range(cfg.train.grad_accum)]
+    turns = [r for r, due in (("critic", obj.critic_turn(step)), ("generator", obj.generator_turn(step))) if due]
+    logs: dict[str, float] = {}
+    for role in turns:
+        logs.update(run_turn(run, role, step, batches))
+    if "generator" in turns:
+        run.ema.update(run.engines.generator.module, step)
+    metrics = dist.reduce_mean(logs)
+    metrics.update(dist.reduce_max({"step_time_s": time.perf_counter() - t0,
+                                    "peak_memory_gb": peak_memory_gb(run.device)}))
+    pt, ph, pw = cfg.model.patch_size
+    tokens = cfg.rollout.num_frames // pt * (cfg.data.latent_height // ph) * (cfg.data.latent_width // pw)
+    samples = cfg.train.batch_size * cfg.train.grad_accum * dist.world_size() * len(turns)
+    metrics["tokens_per_s"] = samples * tokens / metrics["step_time_s"]
+    return metrics
+
+
+def save_checkpoint(run: Run, done: int) -> Path:
+    stages = zero_stages(run.cfg, run.objective.networks)
+    state = {"step": done, "world_size": dist.world_size(), "stages": stages, "ema": run.ema.state_dict()}
+    mine = {"rng": checkpoint.rng_state(), "data": run.source.state_dict()}
+    return checkpoint.save(run.run_dir, done, run.engines, state, mine, to_yaml(run.cfg), run.cfg.train.keep_last)
+
+
+def train(cfg) -> dict:
+    """Train ``cfg.train.steps`` iterations (resuming per ``train.resume``); returns a run summary."""
+    run = setup(cfg)
+    metrics: dict[str, float] = {}
+    try:
+        for step in range(run.start, cfg.train.steps):
+            metrics = train_step(run, step)
+            done = step + 1
+            run.logger.log(done, metrics)
+            if done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps:
+                save_checkpoint(run, done)
+            if run.hook.due(done):
+                run.hook(done, run.engines.generator.module, run.ema, run.logger)
+    finally:
+        run.logger.close()
+    latest = checkpoint.latest(run.run_dir)
+    return {"run_dir": str(run.run_dir), "objective": cfg.objective.name, "start_step": run.start,
+            "steps": cfg.train.steps, "world_size": dist.world_size(), "metrics": metrics,
+            "checkpoint": str(latest) if latest else None}
+
+
+def main_train(config_path: str, overrides: list[str], dry_run: bool) -> int:
+    """``vidforce train CONFIG [key=value ...] [--dry-run]``."""
+    cfg = load(config_path, overrides)
+    if dry_run:
+        print(to_yaml(cfg))
+        return 0
+    summary = train(cfg)
+    if dist.rank() == 0:
+        print(json.dumps(summary, indent=2))
+    dist.shutdown()
+    return 0
+
+
+def main_export(run_dir: str, out: str, ema: bool) -> int:
+    """``vidforce export RUN_DIR --out FILE.safetensors [--no-ema]``."""
+    path = checkpoint.export_generator(run_dir, out, ema)
+    print(f"exported the {'EMA' if ema else 'raw'} generator of {run_dir} to {path}")
+    return 0
