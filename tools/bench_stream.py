@@ -88,7 +88,7 @@ def run_window(args, window: int, sink: int, vae, peak_tflops: float) -> dict:
     text = RandomText(arch.text_len, arch.text_dim, device)
 
     def stream(chunks):
-        s = Streamer(model, vae, text, sampler, (lh, lw), 0, device, dtype, overlap_decode=not args.no_overlap)
+        s = Streamer(model, vae, text, sampler, (lh, lw), 0, device, dtype)
         for _ in s.frames(3 * chunks, [(0, "a")]):
             pass
         return s.stats
@@ -121,7 +121,6 @@ def main() -> None:
     p.add_argument("--attention", default="auto")
     p.add_argument("--rope-mode", default="absolute")
     p.add_argument("--compile", action="store_true", help="torch.compile the pure-tensor halves of each block")
-    p.add_argument("--no-overlap", action="store_true", help="decode inline instead of on a side stream")
     p.add_argument("--profile", action="store_true", help="print the top CUDA kernels per window")
     p.add_argument("--preset", default="wan2.1-t2v-1.3b", help="tiny: a CPU smoke run of this script")
     p.add_argument("--latent", type=lambda v: tuple(int(x) for x in v.split("x")), default=(60, 104),
@@ -133,9 +132,9 @@ def main() -> None:
     peak = matmul_tflops(device)
     vae = WanVAE(dim=args.vae_dim).to(device, torch.bfloat16 if device.type == "cuda" else torch.float32).eval()
     rows = [run_window(args, int(w), args.sink, vae, peak) for w in args.windows.split(",")]
-    dump_json(args.out, "stream", {"env": env_info(device), "matmul_tflops": peak, "compile": args.compile, "overlap_decode": not args.no_overlap,
+    dump_json(args.out, "stream", {"env": env_info(device), "matmul_tflops": peak, "compile": args.compile,
                                    "attention": args.attention, "rows": rows})
-    print(f"bf16 matmul {peak:.0f} TFLOP/s; compile={args.compile}; overlap_decode={not args.no_overlap}")
+    print(f"bf16 matmul {peak:.0f} TFLOP/s; compile={args.compile}")
     print(markdown_table(rows, ["window", "sink", "fps_end_to_end", "fps_steady", "first_frame_s", "dit_ms",
                                 "decode_ms", "dit_floor_ms", "dit_achieved_tflops", "peak_gib"]))
 

@@ -9,7 +9,6 @@ not by the video length. A prompt switch re-encodes the cached frames under the 
 from __future__ import annotations
 
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -38,41 +37,9 @@ class StreamStats:
         return self.frames / self.wall_s if self.wall_s > 0 else 0.0
 
 
-class DecodeWorker:
-    """Decodes latent chunks to uint8 frames. On CUDA with ``overlap`` it runs in a worker thread on a
-    side stream, so chunk ``c``'s decode overlaps chunk ``c + 1``'s DiT; otherwise inline."""
-
-    def __init__(self, decoder, device: torch.device, overlap: bool):
-        self.decoder = decoder
-        self.overlaps = overlap and device.type == "cuda"
-        self.pool = ThreadPoolExecutor(1) if self.overlaps else None
-        self.stream = torch.cuda.Stream(device) if self.overlaps else None
-
-    def _decode(self, x0: torch.Tensor) -> tuple[np.ndarray, float]:
-        t = time.perf_counter()
-        with torch.no_grad():                                 # grad mode is per thread
-            frames = to_uint8_frames(self.decoder.decode(x0)[0])
-        return frames, time.perf_counter() - t
-
-    def _decode_on_side_stream(self, x0: torch.Tensor, ready: torch.cuda.Event) -> tuple[np.ndarray, float]:
-        with torch.cuda.stream(self.stream):
-            self.stream.wait_event(ready)
-            x0.record_stream(self.stream)
-            return self._decode(x0)
-
-    def submit(self, x0: torch.Tensor) -> Future:
-        """Start decoding ``x0 [1, F, C, h, w]``; the future gives ``(frames [n, H, W, 3], seconds)``."""
-        if not self.overlaps:
-            done: Future = Future()
-            done.set_result(self._decode(x0))
-            return done
-        ready = torch.cuda.Event()
-        ready.record()
-        return self.pool.submit(self._decode_on_side_stream, x0, ready)
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True)
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def switch_frames(schedule: list[tuple[float, str]], fps: float, codec, chunk: int) -> list[tuple[int, str]]:
@@ -89,14 +56,12 @@ class Streamer:
     """Generates a video of ``num_frames`` latent frames chunk by chunk (batch 1)."""
 
     def __init__(self, model: CausalWan, codec, text_encoder, sampler: Sampler, latent_hw: tuple[int, int],
-                 seed: int = 0, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                 overlap_decode: bool = True):
+                 seed: int = 0, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
         self.model, self.codec, self.text, self.sampler = model, codec, text_encoder, sampler
         self.h, self.w = latent_hw
         self.device, self.dtype = torch.device(device), dtype
         self.rng = torch.Generator(device=self.device).manual_seed(seed)
         self.stats = StreamStats()
-        self.overlap_decode = overlap_decode
         self.cache = None
         self.kept: dict[int, torch.Tensor] = {}      # frame -> clean latent [1, 1, C, h, w] of cached frames
 
@@ -134,8 +99,8 @@ class Streamer:
             raise ValueError(f"{num_frames} latent frames exceed the RoPE table ({self.model.arch.rope_max_len}); "
                              "use causal.rope_mode=relative for longer videos")
         self.cache = self.model.new_cache(1, self.h, self.w, num_frames, self.device, self.dtype)
-        worker = DecodeWorker(self.codec.stream_decoder(), self.device, self.overlap_decode)
-        switches, text_kv, pending = dict(schedule), None, None
+        decoder = self.codec.stream_decoder()
+        switches, text_kv = dict(schedule), None
         t0 = time.perf_counter()
         for start in range(0, num_frames, chunk):
             if start in switches:
@@ -148,25 +113,19 @@ class Streamer:
             x0 = chunk_step(self.model, noise, self.cache, start, text_kv, self.sampler,
                             len(self.sampler.sigmas) - 1, False, self.rng)
             self._keep(start, x0)
-            job = (worker.submit(x0), tc)
-            if worker.overlaps:                     # hand out the previous chunk while this one decodes
-                job, pending = pending, job
-            if job is not None:
-                yield self._finish(job, t0)
-        if pending is not None:
-            yield self._finish(pending, t0)
-        worker.close()
+            _sync(self.device)
+            td = time.perf_counter()
+            frames = to_uint8_frames(decoder.decode(x0)[0])
+            yield self._account(frames, tc, td, t0)
 
-    def _finish(self, job, t0: float) -> np.ndarray:
-        """Wait for a decode job and account for its chunk."""
-        future, tc = job
-        frames, decode_s = future.result()
+    def _account(self, frames: np.ndarray, tc: float, td: float, t0: float) -> np.ndarray:
+        """Record one chunk's timings (DiT from ``tc`` to ``td``, decode from ``td`` to now)."""
         te = time.perf_counter()
         s = self.stats
         if s.frames == 0:
             s.first_frame_s = te - t0
-        s.chunk_dit_s.append(max(0.0, te - tc - decode_s))
-        s.chunk_decode_s.append(decode_s)
+        s.chunk_dit_s.append(td - tc)
+        s.chunk_decode_s.append(te - td)
         s.frames += len(frames)
         s.chunks += 1
         s.wall_s = te - t0
