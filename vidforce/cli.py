@@ -22,6 +22,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--seconds", type=float, default=10.0)
     g.add_argument("--fps", type=float, default=0.0, help="output frame rate (default data.fps)")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks (CUDA; ~20%% faster on H100)")
     g.add_argument("--out", required=True)
     g.add_argument("overrides", nargs="*", help="key=value config overrides")
     d = sub.add_parser("drift", help="drift curves of a video (JSON + PNG)")

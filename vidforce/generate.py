@@ -68,6 +68,8 @@ def run(args) -> int:
     dtype = torch.bfloat16 if (cfg.train.precision == "bf16" and device.type == "cuda") else torch.float32
     from vidforce.models.build import build_generator  # noqa: PLC0415
     model = build_generator(cfg, device, dtype).eval()
+    if args.compile:
+        model.compile_blocks(dynamic=False)
     codec = components.codec(cfg, device, dtype)
     chunk = cfg.causal.frames_per_chunk
     latent = codec.num_latent_frames(1 + (pixel - 1) // codec.temporal_factor * codec.temporal_factor)
