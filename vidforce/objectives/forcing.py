@@ -45,22 +45,21 @@ class DiffusionForcing(Objective):
     name = "diffusion_forcing"
     data = "videos"
 
+    def context(self, x: Tensor, sigma: Tensor) -> dict:
+        """Extra inputs of the full-sequence forward: none (block-causal over the noisy frames)."""
+        return {}
+
     def generator_loss(self, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
         x = _latents(ctx, self.name)
         x_t, eps, sigma = noised(ctx, x, per_frame=True)
-        pred = ctx.nets.generator.forward_full(x_t, sigma * 1000.0, ctx.batch.cond)
+        pred = ctx.nets.generator.forward_full(x_t, sigma * 1000.0, ctx.batch.cond, **self.context(x, sigma))
         loss = flow_matching_loss(pred, x, eps)
-        return loss, {"df_loss": loss.item()}
+        return loss, {f"{self.name}_loss": loss.item()}
 
 
-class TeacherForcing(Objective):
+class TeacherForcing(DiffusionForcing):
     name = "teacher_forcing"
-    data = "videos"
 
-    def generator_loss(self, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
-        x = _latents(ctx, self.name)
-        x_t, eps, sigma = noised(ctx, x, per_frame=True)
-        clean_t = torch.full_like(sigma, self.cfg.objective.teacher_forcing_noise)
-        pred = ctx.nets.generator.forward_full(x_t, sigma * 1000.0, ctx.batch.cond, clean=x, clean_t=clean_t)
-        loss = flow_matching_loss(pred, x, eps)
-        return loss, {"tf_loss": loss.item()}
+    def context(self, x: Tensor, sigma: Tensor) -> dict:
+        """The clean frames (at ``objective.teacher_forcing_noise``) as the causal context."""
+        return {"clean": x, "clean_t": torch.full_like(sigma, self.cfg.objective.teacher_forcing_noise)}
