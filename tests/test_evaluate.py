@@ -59,7 +59,8 @@ def test_causal_samplers_are_prefix_consistent(kind):
     sample = (ev.few_step_sampler(model, text, steps) if kind == "few_step"
               else ev.euler_causal_sampler(model, text, ev.euler_sigmas(3, 3.0), steps))
     noise = ev.scene_noise((0, 1), 12, (model.arch.in_dim, 4, 4), "cpu")
-    long, short = sample(["a red circle", "a blue square"], noise), sample(["a red circle", "a blue square"], noise[:, :6])
+    prompts = ["a red circle", "a blue square"]
+    long, short = sample(prompts, noise), sample(prompts, noise[:, :6])
     assert long.shape == noise.shape
     torch.testing.assert_close(long[:, :6], short)
 

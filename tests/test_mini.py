@@ -38,6 +38,14 @@ def test_every_stage_config_loads(smoke, tmp_path):
         assert pp.rollout.long_frames >= 4 * pp.rollout.num_frames and pp.model.preset == "mini"
 
 
+def test_smoke_override_of_an_unknown_recipe_key_is_an_error(tmp_path, monkeypatch):
+    (tmp_path / "recipe.yaml").write_text((mini.CONFIG_DIR / "recipe.yaml").read_text())
+    (tmp_path / "smoke.yaml").write_text("recipe:\n  evaluate:\n    scenez: 3\n")
+    monkeypatch.setattr(mini, "CONFIG_DIR", tmp_path)
+    with pytest.raises(ValueError, match="scenez"):
+        mini.load_mini(True, "cpu", tmp_path / "out")
+
+
 def test_stage_without_its_inputs_names_them(tmp_path):
     run = mini.load_mini(True, "cpu", tmp_path)
     with pytest.raises(FileNotFoundError, match=r"\['teacher'\]"):

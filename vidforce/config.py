@@ -133,6 +133,7 @@ class DataConfig:
     latent_width: int = 8
     fps: float = 16.0               # pixel frame rate of generated / training videos
     negative_prompt: str = ""
+    cache_clips: bool = False       # keep decoded clips in memory (small datasets: the mini world)
 
 
 @dataclass

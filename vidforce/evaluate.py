@@ -236,7 +236,7 @@ def plot_curves(models: dict[str, dict], setup: EvalSetup, path: Path) -> None:
         curves = "drift_curves" if key in DRIFT_KEYS else "curves"
         for name, res in models.items():
             style = dict(color="black", linestyle="--") if name == "data" else {}
-            ax.plot(res[curves]["t"], res[curves][key], label=name, linewidth=1.2, **style)
+            ax.plot(res[curves]["t"], res[curves][key], label=name, linewidth=1.2, marker="o", markersize=2, **style)
         for h in setup.multiples:
             ax.axvline(h * setup.horizon / setup.fps, color="0.8", linewidth=0.8, zorder=0)
         ax.set_title(key, fontsize=9)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from vidforce import components, config
 from vidforce.data.mini_world import WorldSpec, export_mini_world, load_spec, save_spec
@@ -60,17 +61,20 @@ class Mini:
     per_stage: dict[str, tuple[str, ...]]
 
     def dir(self, stage: str) -> Path:
+        """The stage's output directory (``evaluate`` writes ``OUT/results``)."""
         return self.out / ("results" if stage == "evaluate" else stage)
 
     def artifact(self, stage: str) -> Path:
+        """The file a stage hands to later stages."""
         return self.dir(stage) / ARTIFACTS[stage]
 
     def done(self, stage: str) -> bool:
+        """Whether the stage finished (its ``done.json`` exists)."""
         return (self.dir(stage) / "done.json").is_file()
 
 
 def dotlist(tree: dict, prefix: str = "") -> list[str]:
-    """Nested mapping -> ``key.sub=value`` overrides (lists kept as ``[a,b]``)."""
+    """Nested mapping -> ``key.sub=value`` overrides (lists as JSON, e.g. ``a.b=[1, 2]``)."""
     out = []
     for key, value in tree.items():
         if isinstance(value, dict):
@@ -86,10 +90,14 @@ def load_mini(smoke: bool, device: str, out: str | Path) -> Mini:
     common, per_stage = [], {}
     if smoke:
         over = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "smoke.yaml"))
-        unknown = set(over) - {"recipe", "config", "stages"}
-        if unknown or set(over.get("stages", {})) - set(TRAINED):
-            raise ValueError(f"{CONFIG_DIR / 'smoke.yaml'}: unknown keys {sorted(unknown) or over['stages']}")
-        recipe = OmegaConf.merge(recipe, over.get("recipe", {}))
+        unknown = (set(over) - {"recipe", "config", "stages"}) | (set(over.get("stages", {})) - set(TRAINED))
+        if unknown:
+            raise ValueError(f"{CONFIG_DIR / 'smoke.yaml'}: unknown sections or stages {sorted(unknown)}")
+        OmegaConf.set_struct(recipe, True)          # a smoke key that recipe.yaml lacks is an error
+        try:
+            recipe = OmegaConf.merge(recipe, over.get("recipe", {}))
+        except OmegaConfBaseException as err:
+            raise ValueError(f"{CONFIG_DIR / 'smoke.yaml'}: {str(err).splitlines()[0]}") from None
         common = dotlist(over.get("config", {}))
         per_stage = {s: tuple(dotlist(v)) for s, v in over.get("stages", {}).items()}
     return Mini(Path(out), device, OmegaConf.to_container(recipe), tuple(common), per_stage)
@@ -160,15 +168,12 @@ def run_ode_pairs(mini: Mini) -> dict:
     return {"num": p["num"], "euler_steps": p["steps"], "guidance_scale": cfg.objective.guidance_scale}
 
 
-def run_evaluate(mini: Mini) -> dict:
-    """Load every export (fp32) and run :func:`vidforce.evaluate.evaluate` into ``OUT/results``."""
+def eval_samplers(mini: Mini, cfg, device) -> dict:
+    """Every export loaded in fp32, with its sampler and the horizon multiple it is evaluated to."""
     from vidforce import evaluate as ev  # noqa: PLC0415
     from vidforce.models.build import build_generator, build_teacher  # noqa: PLC0415
     from vidforce.rollout import Sampler  # noqa: PLC0415
-    from vidforce.train.dist import pick_device  # noqa: PLC0415
-    e, device = mini.recipe["evaluate"], pick_device(mini.device)
-    cfg = stage_config(mini, "self_forcing")
-    text = components.text_encoder(cfg, device)
+    e, text = mini.recipe["evaluate"], components.text_encoder(cfg, device)
     sigmas = ev.euler_sigmas(e["euler_steps"], cfg.schedule.shift)
     teacher = build_teacher(cfg, device, torch.float32)
     samplers = {"teacher": (ev.teacher_sampler(teacher, text, cfg.data.negative_prompt, sigmas,
@@ -176,16 +181,27 @@ def run_evaluate(mini: Mini) -> dict:
     for stage in ("ode_init", "teacher_forcing", "diffusion_forcing", "self_forcing", "self_forcing_pp"):
         scfg = stage_config(mini, stage, (f"model.checkpoint={mini.artifact(stage)}",))
         model = build_generator(scfg, device, torch.float32).eval()
-        if stage in ("teacher_forcing", "diffusion_forcing"):
+        if stage in ("teacher_forcing", "diffusion_forcing"):      # not distilled: many-step Euler per chunk
             sample = ev.euler_causal_sampler(model, text, sigmas, Sampler.from_config(scfg.schedule))
         else:
             sample = ev.few_step_sampler(model, text, Sampler.from_config(scfg.schedule))
         samplers[stage] = (sample, max(e["multiples"]))
-    setup = ev.EvalSetup(load_spec(mini.dir("data") / "world_spec.json"), tuple(e["seed"] + i for i in range(e["scenes"])), cfg.rollout.num_frames,
+    return samplers
+
+
+def run_evaluate(mini: Mini) -> dict:
+    """Roll out every export and write the report (:func:`vidforce.evaluate.evaluate`) into ``OUT/results``."""
+    from vidforce import evaluate as ev  # noqa: PLC0415
+    from vidforce.train.dist import pick_device  # noqa: PLC0415
+    e, device = mini.recipe["evaluate"], pick_device(mini.device)
+    cfg = stage_config(mini, "self_forcing")
+    setup = ev.EvalSetup(load_spec(mini.dir("data") / "world_spec.json"),
+                         tuple(e["seed"] + i for i in range(e["scenes"])), cfg.rollout.num_frames,
                          cfg.causal.frames_per_chunk, cfg.data.fps, tuple(e["multiples"]),
                          (cfg.model.in_dim, cfg.data.latent_height, cfg.data.latent_width),
                          e["strip_scenes"], e["strip_frames"])
-    models = ev.evaluate(samplers, components.codec(cfg, device), setup, mini.dir("evaluate"), device)
+    models = ev.evaluate(eval_samplers(mini, cfg, device), components.codec(cfg, device), setup,
+                         mini.dir("evaluate"), device)
     return {"models": sorted(models), "table": str(mini.dir("evaluate") / "table.md")}
 
 

@@ -144,3 +144,19 @@ def test_clip_sampler_ranks_partition_an_epoch():
     assert set(sum(uneven, [])) == set(range(10))
     assert list(ClipSampler(12, seed=0)) == list(ClipSampler(12, seed=0))
     assert list(ClipSampler(12, seed=0)) != list(ClipSampler(12, seed=1))
+
+
+def test_cache_returns_identical_clips_without_rereading(tmp_path, monkeypatch):
+    from vidforce.data import video as video_mod
+    from vidforce.data.mini_world import WorldSpec, export_mini_world
+    manifest = export_mini_world(tmp_path / "w", num_clips=2, num_frames=8, spec=WorldSpec(), seed=0)
+    ds = video_mod.VideoClipDataset(manifest, clip_frames=4, stride=4, cache=True)
+    first = [ds[i]["video"] for i in range(len(ds))]
+    monkeypatch.setattr(video_mod, "read_frames", lambda *a: (_ for _ in ()).throw(AssertionError("re-read")))
+    assert all(torch.equal(a, ds[i]["video"]) for i, a in enumerate(first))
+
+
+def test_decord_error_is_a_read_error():
+    decord = pytest.importorskip("decord")
+    from vidforce.data.video import read_errors
+    assert decord.DECORDError in read_errors()

@@ -60,6 +60,15 @@ def clip_source_indices(num_source: int, source_fps: float, target_fps: float | 
     return np.minimum(nearest, num_source - 1)
 
 
+def read_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "this file cannot be read" (decord's own error is a plain ``Exception``)."""
+    try:
+        from decord import DECORDError  # noqa: PLC0415 (optional dependency)
+    except ImportError:
+        return (RuntimeError, OSError, IndexError)
+    return (RuntimeError, OSError, IndexError, DECORDError)
+
+
 def read_frames(path: str | Path, indices: np.ndarray) -> np.ndarray:
     """Decode the given frame indices with decord: [T] -> uint8 RGB [T, H, W, 3]."""
     import decord
@@ -124,7 +133,9 @@ class VideoClipDataset(Dataset):
 
     def __init__(self, root_or_manifest: str | Path, clip_frames: int, stride: int,
                  target_fps: float | None = None, height: int | None = None,
-                 width: int | None = None):
+                 width: int | None = None, cache: bool = False):
+        """``cache=True`` keeps every decoded clip in memory (uint8) after its first read: for small
+        datasets such as the mini world, where decoding would otherwise dominate the step time."""
         if clip_frames < 1 or stride < 1:
             raise ValueError(f"VideoClipDataset: clip_frames and stride must be >= 1, "
                              f"got {clip_frames}, {stride}")
@@ -139,6 +150,7 @@ class VideoClipDataset(Dataset):
         self.target_fps, self.height, self.width = target_fps, height, width
         self.skipped: list[tuple[str, str]] = []
         self._unreadable: set[int] = set()
+        self._cache: dict[int, np.ndarray] | None = {} if cache else None
         if source.is_dir():
             entries, missing = _directory_entries(source)
             for path, reason in missing:
@@ -163,7 +175,7 @@ class VideoClipDataset(Dataset):
             if num_frames is None or fps is None:
                 try:
                     num_frames, fps = probe(entry.path)
-                except (RuntimeError, OSError) as err:
+                except read_errors() as err:
                     self._skip(str(entry.path), f"cannot open ({str(err).splitlines()[0]})")
                     continue
             indices = clip_source_indices(num_frames, fps, self.target_fps, self.clip_frames,
@@ -181,10 +193,14 @@ class VideoClipDataset(Dataset):
     def _load(self, index: int) -> dict:
         video, indices = self.clips[index]
         entry = self.videos[video]
-        frames = read_frames(entry.path, indices)
-        if self.height is not None and frames.shape[1:3] != (self.height, self.width):
-            frames = np.stack([cv2.resize(f, (self.width, self.height), interpolation=cv2.INTER_AREA)
-                               for f in frames])
+        frames = self._cache.get(index) if self._cache is not None else None
+        if frames is None:
+            frames = read_frames(entry.path, indices)
+            if self.height is not None and frames.shape[1:3] != (self.height, self.width):
+                frames = np.stack([cv2.resize(f, (self.width, self.height), interpolation=cv2.INTER_AREA)
+                                   for f in frames])
+            if self._cache is not None:
+                self._cache[index] = frames
         tensor = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
         return {"video": tensor.float() / 127.5 - 1.0, "prompt": entry.caption,
                 "path": str(entry.path), "start": int(indices[0])}
@@ -201,7 +217,7 @@ class VideoClipDataset(Dataset):
                 continue
             try:
                 return self._load(i)
-            except (RuntimeError, OSError, IndexError) as err:
+            except read_errors() as err:
                 self._unreadable.add(video)
                 self._skip(str(self.videos[video].path), f"read failed ({str(err).splitlines()[0]})")
         raise RuntimeError(f"VideoClipDataset: no readable clip left in {self.source}")
