@@ -76,7 +76,8 @@ class BatchSource:
             frames = codec.num_frames(cfg.rollout.num_frames)
             s = codec.spatial_factor
             self.clips = VideoClipDataset(cfg.data.videos, frames, frames, cfg.data.fps,
-                                          cfg.data.latent_height * s, cfg.data.latent_width * s)
+                                          cfg.data.latent_height * s, cfg.data.latent_width * s,
+                                          cache=cfg.data.cache_clips)
             self.order = ClipSampler(len(self.clips), seed, rank, world)
         elif kind == "ode_pairs":
             self.pairs = ODEPairs(cfg.objective.ode_pairs)

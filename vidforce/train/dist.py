@@ -1,8 +1,9 @@
 """Process-group helpers. A single process is a DeepSpeed world of size 1: there is one code path.
 
-``init`` fills ``MASTER_ADDR / MASTER_PORT / RANK / WORLD_SIZE / LOCAL_RANK`` when a launcher did not
-(one process), then ``deepspeed.init_distributed`` with gloo on CPU or nccl on CUDA. Collectives
-(``broadcast_ints``, ``reduce_mean``, ``barrier``) also work before ``init`` in a world of one.
+``init`` fills ``MASTER_ADDR / MASTER_PORT / RANK / WORLD_SIZE / LOCAL_RANK`` when no launcher did (one
+process; MPI launchers are left to DeepSpeed's MPI discovery, which needs mpi4py), then
+``deepspeed.init_distributed`` with gloo on CPU or nccl on CUDA. Collectives (``broadcast_ints``,
+``reduce_mean``, ``reduce_max``, ``barrier``) also work before ``init`` in a world of one.
 """
 from __future__ import annotations
 
@@ -22,14 +23,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+MPI_RANK_VARS = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "MV2_COMM_WORLD_RANK")
+MPI_LOCAL_RANK_VARS = ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "MV2_COMM_WORLD_LOCAL_RANK")
+
+
+def local_rank() -> int:
+    """This process's rank on its host: ``LOCAL_RANK`` (deepspeed / torchrun launchers) or the MPI variable."""
+    for var in ("LOCAL_RANK", *MPI_LOCAL_RANK_VARS):
+        if var in os.environ:
+            return int(os.environ[var])
+    return 0
+
+
 def pick_device(choice: str) -> torch.device:
-    """``train.device``: auto (CUDA when available) | cpu | cuda; CUDA uses ``cuda:LOCAL_RANK``."""
+    """``train.device``: auto (CUDA when available) | cpu | cuda; CUDA uses ``cuda:<local rank>``."""
     if choice == "auto":
         choice = "cuda" if torch.cuda.is_available() else "cpu"
     if choice == "cuda":
         if not torch.cuda.is_available():
             raise ValueError("train.device=cuda but no CUDA device is available")
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cuda", local_rank())
     elif choice == "cpu":
         return torch.device("cpu")
     else:
@@ -37,20 +50,18 @@ def pick_device(choice: str) -> torch.device:
 
 
 def init(device: torch.device, timeout_s: int) -> None:
-    """Join (or create) the process group: gloo on CPU, nccl on CUDA. Idempotent."""
-    for key, value in (("MASTER_ADDR", "127.0.0.1"), ("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
-        os.environ.setdefault(key, value)
-    if "MASTER_PORT" not in os.environ:
-        if os.environ["WORLD_SIZE"] != "1":
-            raise ValueError("MASTER_PORT is not set for a multi-process run (use a launcher: launch/README.md)")
-        os.environ["MASTER_PORT"] = str(_free_port())
+    """Join (or create) the process group: gloo on CPU, nccl on CUDA. Idempotent. Without launcher variables
+    (``RANK`` or an MPI launcher's) this process is a world of one on a free local port."""
+    if "RANK" not in os.environ and not any(v in os.environ for v in MPI_RANK_VARS):
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1",
+                          LOCAL_RANK="0")
     _STATE["device"] = device
     if device.type == "cuda":
         torch.cuda.set_device(device)
     else:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
         if "OMP_NUM_THREADS" not in os.environ:     # share the cores between this host's ranks
-            local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))
     if tdist.is_available() and tdist.is_initialized():
         return
@@ -106,6 +117,7 @@ def barrier() -> None:
 
 
 def shutdown() -> None:
-    """Destroy the process group (end of a CLI run)."""
+    """Wait for every rank, then destroy the process group (end of a CLI run)."""
     if tdist.is_available() and tdist.is_initialized():
+        barrier()
         tdist.destroy_process_group()

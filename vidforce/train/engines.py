@@ -28,7 +28,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 def ds_config(cfg, stage: int, universal: bool = False) -> dict:
     """DeepSpeed config dict of one engine (ZeRO ``stage``) from our config; ``universal``: it will load a
-    universal checkpoint (resume on another world size / stage)."""
+    universal checkpoint (resume on another world size)."""
     t = cfg.train
     out = {
         "train_micro_batch_size_per_gpu": t.batch_size,
@@ -65,15 +65,17 @@ def _initialize(module: nn.Module, config: dict, optimizer=None):
 
 @dataclass
 class Engines:
-    """The engines of one run; ``teacher`` is a plain module (replicated) or a stage-3 engine."""
+    """The engines of one run. ``teacher`` is the frozen module itself; with ``train.teacher_zero3`` it is
+    partitioned in place by ``teacher_engine`` (a stage-3 engine without optimizer, kept alive here)."""
     generator: object
     critic: object | None = None
-    teacher: object | None = None
+    teacher: nn.Module | None = None
+    teacher_engine: object | None = None
 
     def nets(self) -> Nets:
-        """The modules the objective calls (engines' ``.module``; all ranks call them in the same order)."""
-        unwrap = lambda e: None if e is None else (e.module if hasattr(e, "module") else e)  # noqa: E731
-        return Nets(generator=self.generator.module, critic=unwrap(self.critic), teacher=unwrap(self.teacher))
+        """The modules the objective calls (all ranks call them in the same order)."""
+        critic = self.critic.module if self.critic is not None else None
+        return Nets(generator=self.generator.module, critic=critic, teacher=self.teacher)
 
     def trained(self) -> dict[str, object]:
         """Engines with an optimizer, by role (checkpointed)."""
@@ -108,6 +110,7 @@ def wrap_engines(cfg, modules: dict[str, nn.Module], universal: bool = False) ->
         engines.critic = _initialize(critic, ds_config(cfg, t.critic_zero_stage, universal),
                                      adamw(critic, o.critic_lr, o))
     if "teacher" in modules:
-        teacher = modules["teacher"]
-        engines.teacher = _initialize(teacher, ds_config(cfg, 3)) if t.teacher_zero3 else teacher
+        engines.teacher = modules["teacher"]
+        if t.teacher_zero3:
+            engines.teacher_engine = _initialize(engines.teacher, ds_config(cfg, 3))
     return engines

@@ -53,12 +53,11 @@ class DriftHook:
         return bool(self.cfg.drift.every) and step % self.cfg.drift.every == 0
 
     def __call__(self, step: int, generator: torch.nn.Module, ema, logger) -> list[dict]:
-        """Run at completed step ``step`` (collective: every rank calls it). Returns rank 0's results."""
+        """Run at completed step ``step`` (collective: every rank calls it). Returns rank 0's results.
+        (The EMA exists by then: every objective updates the generator at step 0.)"""
         weights = ema.shadow if self.cfg.drift.ema else full_state_dict(generator, keep=dist.rank() == 0)
         results = []
         if dist.rank() == 0:
-            if not weights:
-                raise ValueError("drift.ema=true but the generator has no EMA yet (no generator update)")
             model = self.model(weights)
             for i, prompt in enumerate(self.cfg.drift.prompts):
                 for seed in self.cfg.drift.seeds:

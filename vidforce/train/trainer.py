@@ -10,6 +10,7 @@ The trainer holds no loss maths: it only calls ``objective.critic_loss`` / ``gen
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
 import time
@@ -22,6 +23,7 @@ import torch
 from vidforce import components, objectives
 from vidforce.config import load, to_yaml
 from vidforce.objectives import StepContext
+from vidforce.objectives.base import frozen
 from vidforce.rollout import Sampler, draw_plan
 from vidforce.train import checkpoint, dist
 from vidforce.train.data import BatchSource
@@ -128,8 +130,25 @@ def setup(cfg) -> Run:
     return Run(cfg, objective, engines, ema, source, logger, hook, device, run_dir, start)
 
 
+@contextlib.contextmanager
+def training_only(engines: Engines, role: str):
+    """Parameters of the other trained engines stop requiring grad for the whole turn (forward *and*
+    backward), so gradients that flow through their inputs (SiD, GAN) never reach them and activation
+    checkpointing recomputes the same graph it saved."""
+    with contextlib.ExitStack() as stack:
+        for other, engine in engines.trained().items():
+            if other != role:
+                stack.enter_context(frozen(engine.module))
+        yield
+
+
 def run_turn(run: Run, role: str, step: int, batches: list) -> dict[str, float]:
     """One engine's turn: forward, backward and step on every micro-batch; mean logs and the grad norm."""
+    with training_only(run.engines, role):
+        return _turn(run, role, step, batches)
+
+
+def _turn(run: Run, role: str, step: int, batches: list) -> dict[str, float]:
     cfg, engine = run.cfg, run.engines.trained()[role]
     sampler = Sampler.from_config(cfg.schedule)
     plan_rng = torch.Generator().manual_seed(derive_seed(cfg.train.seed, step, ROLE_IDS[role]))

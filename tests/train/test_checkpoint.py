@@ -1,0 +1,140 @@
+"""Checkpoints: atomic layout, exact resume after a crash or SIGKILL, resume on another world size, export."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from vidforce.models.build import build_generator
+from vidforce.models.loading import metadata_model_config
+from vidforce.train import checkpoint, trainer
+from vidforce.train.checkpoint import export_generator, find_resume, latest, resume_mode
+from vidforce.train.trainer import main_export, train
+
+from tests.train.helpers import ROOT, child_env, metrics, overrides, spawn_ranks, tiny, wait_all
+
+LOSSES = ("loss/critic", "loss/generator", "grad_norm/critic", "grad_norm/generator")
+
+
+def losses(run_dir) -> list[dict]:
+    return [{k: m[k] for k in ("step", *LOSSES) if k in m} for m in metrics(run_dir)]
+
+
+def test_crash_then_resume_reproduces_the_uninterrupted_losses_exactly(inputs, tmp_path, monkeypatch):
+    ref = tmp_path / "ref"
+    train(tiny("dmd", inputs, ref, "train.steps=7", "train.checkpoint_every=3"))
+    crashed = tmp_path / "crashed"
+    step = trainer.train_step
+
+    def crash_at_5(run, i):
+        if i == 5:
+            raise KeyboardInterrupt("killed")
+        return step(run, i)
+
+    monkeypatch.setattr(trainer, "train_step", crash_at_5)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny("dmd", inputs, crashed, "train.steps=7", "train.checkpoint_every=3"))
+    assert latest(crashed).name == "step_000003" and len(metrics(crashed)) == 5
+    monkeypatch.setattr(trainer, "train_step", step)
+    summary = train(tiny("dmd", inputs, crashed, "train.steps=7", "train.checkpoint_every=3"))
+    assert summary["start_step"] == 3
+    assert losses(crashed) == losses(ref)              # bit-identical, steps 4-5 recomputed and not duplicated
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_reproduces_the_uninterrupted_losses(inputs, tmp_path):
+    run = tmp_path / "killed"
+    args = [str(ROOT / "configs/tiny/dmd.yaml"), *overrides(inputs, run, "train.steps=100000",
+                                                            "train.checkpoint_every=3")]
+    proc = subprocess.Popen([sys.executable, "-m", "vidforce.cli", "train", *args], cwd=ROOT, env=child_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while (latest(run) is None or int(latest(run).name[5:]) < 6) and time.time() < deadline:
+        assert proc.poll() is None, "the run ended before it was killed"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed_from = int(latest(run).name[5:])
+    steps = resumed_from + 2
+    train(tiny("dmd", inputs, run, f"train.steps={steps}", "train.checkpoint_every=3"))
+    ref = tmp_path / "ref"
+    train(tiny("dmd", inputs, ref, f"train.steps={steps}", "train.checkpoint_every=3"))
+    assert losses(run) == losses(ref)
+
+
+@pytest.mark.slow
+def test_resume_on_another_world_size_continues_the_loss_sequence(inputs, tmp_path):
+    """2 ranks (ZeRO-2) for 4 steps, then 1 process with grad_accum=2 to step 6: module and AdamW states move
+    through a universal checkpoint, so the sequence matches a 1-process run (float32 tolerance)."""
+    run = tmp_path / "run"
+    args = [str(ROOT / "configs/tiny/dmd.yaml"), *overrides(inputs, run, "train.steps=4")]
+    wait_all(spawn_ranks(2, args, tmp_path), tmp_path)
+    train(tiny("dmd", inputs, run, "train.steps=6", "train.grad_accum=2"))
+    assert (run / "checkpoints" / "universal_step_000004" / "generator").is_dir()
+    ref = tmp_path / "ref"
+    train(tiny("dmd", inputs, ref, "train.steps=6", "train.grad_accum=2"))
+    for a, b in zip(losses(run), losses(ref), strict=True):
+        assert a.keys() == b.keys()
+        for key in LOSSES:
+            if key in a:
+                assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), (a["step"], key)
+
+
+def test_resume_mode_picks_native_universal_or_weights(monkeypatch):
+    state = {"world_size": 2, "stages": {"generator": 2, "critic": 2}}
+    monkeypatch.setattr(checkpoint.dist, "world_size", lambda: 2)
+    assert resume_mode(state, {"generator": 2, "critic": 2}) == "native"
+    monkeypatch.setattr(checkpoint.dist, "world_size", lambda: 4)
+    assert resume_mode(state, {"generator": 2, "critic": 2}) == "universal"
+    assert resume_mode(state, {"generator": 3, "critic": 2}) == "weights"
+    assert resume_mode({"world_size": 2, "stages": {"generator": 3}}, {"generator": 3}) == "weights"
+    assert resume_mode({"world_size": 2, "stages": {"generator": 0}}, {"generator": 0}) == "native"
+
+
+def test_incomplete_checkpoints_are_ignored_and_bad_resume_paths_named(tmp_path):
+    root = tmp_path / "checkpoints"
+    (root / "step_000004").mkdir(parents=True)
+    (root / "step_000004" / "trainer.pt").write_bytes(b"")
+    (root / "step_000006.tmp").mkdir()                         # a save killed midway
+    (root / "latest").write_text("step_000004\n")
+    assert latest(tmp_path) == root / "step_000004"
+    assert find_resume(tmp_path, "auto") == root / "step_000004"
+    assert find_resume(tmp_path, "none") is None
+    assert find_resume(tmp_path, str(tmp_path)) == root / "step_000004"
+    assert checkpoint.complete_checkpoints(root) == [root / "step_000004"]
+    with pytest.raises(FileNotFoundError, match="train.resume: no checkpoint at /no/run"):
+        find_resume(tmp_path, "/no/run")
+
+
+def test_export_writes_a_generator_that_reproduces_the_trained_one(inputs, tmp_path):
+    cfg = tiny("dmd", inputs, tmp_path, "train.steps=4")
+    train(cfg)
+    ckpt = latest(tmp_path)
+    ema_file, raw_file = tmp_path / "ema.safetensors", tmp_path / "raw.safetensors"
+    assert main_export(str(tmp_path), str(ema_file), True) == 0
+    export_generator(tmp_path, raw_file, ema=False)
+    with safe_open(ema_file, "pt") as f:
+        assert metadata_model_config(f.metadata())["dim"] == cfg.model.dim
+    trained = torch.load(ckpt / "generator/state/mp_rank_00_model_states.pt", weights_only=False)["module"]
+    shadow = torch.load(ckpt / "trainer.pt", weights_only=False)["ema"]["shadow"]
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(1, 6, 12, 4, 4, generator=g), torch.rand(1, 6, generator=g) * 1000
+    ctx = torch.randn(1, 8, 16, generator=g)
+    for path, weights in ((raw_file, trained), (ema_file, shadow)):
+        loaded = build_generator(replace(cfg, model=replace(cfg.model, checkpoint=str(path))), "cpu", torch.float32)
+        reference = build_generator(cfg, "cpu", torch.float32)
+        reference.load_state_dict(weights)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded.forward_full(x, t, ctx), reference.forward_full(x, t, ctx), rtol=0, atol=0)
+    assert not torch.equal(trained["head.head.weight"], shadow["head.head.weight"])   # EMA differs from raw
+
+
+def test_export_without_a_checkpoint_names_the_input(tmp_path):
+    with pytest.raises(FileNotFoundError, match="export RUN_DIR: no checkpoint"):
+        export_generator(tmp_path, tmp_path / "out.safetensors")

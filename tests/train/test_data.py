@@ -1,0 +1,75 @@
+"""Batch assembly: prompts, video clips and ODE pairs -> objectives.Batch; exact resume of positions."""
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from vidforce import components
+from vidforce.data import ClipSampler
+from vidforce.train.data import BatchSource, ODEPairs, take
+
+from tests.train.helpers import PROMPTS, tiny
+
+CPU = torch.device("cpu")
+
+
+def source(cfg, kind: str, rank: int = 0, world: int = 1) -> BatchSource:
+    return BatchSource(cfg, kind, components.text_encoder(cfg), components.codec(cfg), CPU, rank, world)
+
+
+def test_prompt_batches_and_exact_resume(inputs, tmp_path):
+    cfg = tiny("dmd", inputs, tmp_path, "train.batch_size=3", "data.negative_prompt='blurry static'")
+    text = components.text_encoder(cfg)
+    a = source(cfg, "prompts")
+    first = a.next()
+    assert first.cond.shape == (3, cfg.model.text_len, cfg.model.text_dim)
+    torch.testing.assert_close(first.uncond, text.encode(["blurry static"]).expand(3, -1, -1))
+    state = a.state_dict()
+    expected = [a.next().cond for _ in range(3)]              # crosses an epoch (4 prompts)
+    b = source(cfg, "prompts")
+    b.load_state_dict(state)
+    for cond in expected:
+        assert torch.equal(b.next().cond, cond)
+    table = text.encode(PROMPTS)
+    assert all(any(torch.equal(row, known) for known in table) for row in first.cond)   # prompts of the file
+    shard0, shard1 = source(cfg, "prompts", 0, 2).next().cond, source(cfg, "prompts", 1, 2).next().cond
+    assert not torch.equal(shard0, shard1)                    # ranks read different prompts
+
+
+def test_video_batches_are_codec_latents_with_caption_embeddings(inputs, tmp_path):
+    cfg = tiny("teacher_forcing", inputs, tmp_path, "train.batch_size=2")
+    batch = source(cfg, "videos").next()
+    assert batch.latents.shape == (2, cfg.rollout.num_frames, cfg.model.in_dim, 4, 4)
+    assert batch.latents.abs().max() <= 1.0 and batch.latents.std() > 0.05
+    assert batch.cond.shape == (2, cfg.model.text_len, cfg.model.text_dim) and batch.trajectory is None
+
+
+def test_ode_pair_batches_read_the_file(inputs, tmp_path):
+    cfg = tiny("ode_init", inputs, tmp_path, "train.batch_size=2")
+    src = source(cfg, "ode_pairs")
+    batch = src.next()
+    assert batch.trajectory.shape == (2, 5, 6, cfg.model.in_dim, 4, 4)
+    order = ClipSampler(6, cfg.train.seed)
+    with safe_open(inputs["pairs"], "pt") as f:
+        text = f.get_tensor("text")
+    torch.testing.assert_close(batch.cond, text[take(order, 2)])
+    src.start_epoch(3)
+    assert src.state_dict()["epoch"] == 3 and src.state_dict()["position"] == 0
+
+
+def test_bad_ode_pair_files_are_named(tmp_path):
+    with pytest.raises(ValueError, match="objective.ode_pairs is empty"):
+        ODEPairs("")
+    bad = tmp_path / "bad.safetensors"
+    save_file({"trajectory": torch.zeros(2, 3, 3, 1, 2, 2)}, str(bad))
+    with pytest.raises(ValueError, match=r"lacks \['text'\]"):
+        ODEPairs(str(bad))
+
+
+def test_take_continues_across_epochs():
+    sampler = ClipSampler(3, seed=0)
+    first = take(sampler, 5)
+    assert sorted(first[:3]) == [0, 1, 2] and len(first) == 5
+    assert sampler.state_dict()["epoch"] == 1 and sampler.state_dict()["position"] == 2

@@ -1,0 +1,68 @@
+"""Engine construction: DeepSpeed configs, the critic as a deep copy of the teacher, frozen teacher."""
+from __future__ import annotations
+
+import torch
+
+from vidforce.config import load
+from vidforce.objectives.gan import CriticWithHead
+from vidforce.train import dist
+from vidforce.train.engines import adamw, build_modules, ds_config, wrap_engines
+
+from tests.train.helpers import ROOT
+
+
+def cfg_of(*overrides: str):
+    return load(ROOT / "configs/tiny/base.yaml", ["data.prompts=unused.txt", *overrides])
+
+
+def test_ds_config_sets_clipping_precision_batch_and_stage_explicitly():
+    cfg = cfg_of("optim.grad_clip=7.5", "train.precision=bf16", "train.batch_size=3", "train.grad_accum=4")
+    c = ds_config(cfg, 3)
+    assert c["gradient_clipping"] == 7.5                      # DeepSpeed >= 0.19.3 would default to 1.0
+    assert c["bf16"] == {"enabled": True}
+    assert c["train_micro_batch_size_per_gpu"] == 3 and c["gradient_accumulation_steps"] == 4
+    assert c["zero_optimization"] == {"stage": 3}
+    assert c["checkpoint"] == {"load_universal": False}
+    assert ds_config(cfg_of("train.precision=fp32"), 0, universal=True)["bf16"] == {"enabled": False}
+    assert ds_config(cfg_of(), 0, universal=True)["checkpoint"] == {"load_universal": True}
+
+
+def test_adamw_uses_the_configured_hyperparameters():
+    cfg = cfg_of("optim.betas=[0,0.999]", "optim.weight_decay=0.05")
+    opt = adamw(torch.nn.Linear(2, 2), 1e-4, cfg.optim)
+    assert isinstance(opt, torch.optim.AdamW)
+    assert opt.defaults["betas"] == (0.0, 0.999) and opt.defaults["weight_decay"] == 0.05
+    assert opt.defaults["lr"] == 1e-4
+
+
+def test_critic_is_a_separate_copy_of_the_teacher_and_the_teacher_is_frozen():
+    modules = build_modules(cfg_of("objective.name=dmd", "train.activation_checkpointing=true"),
+                            ("generator", "critic", "teacher"), torch.device("cpu"))
+    teacher, critic = modules["teacher"], modules["critic"]
+    assert not {id(p) for p in teacher.parameters()} & {id(p) for p in critic.parameters()}
+    for (name, p), (_, q) in zip(teacher.named_parameters(), critic.named_parameters()):
+        assert torch.equal(p, q), name
+    assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training
+    assert all(p.requires_grad for p in critic.parameters())
+    assert all(m.gradient_checkpointing for m in modules.values())
+    assert modules["generator"].frames_per_chunk == 3
+
+
+def test_same_seed_same_weights_and_gan_critic_has_a_head():
+    a = build_modules(cfg_of("objective.name=gan"), ("generator", "critic", "teacher"), torch.device("cpu"))
+    b = build_modules(cfg_of("objective.name=gan"), ("generator", "critic", "teacher"), torch.device("cpu"))
+    assert isinstance(a["critic"], CriticWithHead)
+    for name in ("generator", "critic"):
+        for p, q in zip(a[name].parameters(), b[name].parameters()):
+            assert torch.equal(p, q)                          # every rank builds the same initial weights
+
+
+def test_engines_wrap_distinct_modules_and_expose_them_to_objectives():
+    cfg = cfg_of("objective.name=dmd")
+    dist.init(torch.device("cpu"), 60)                        # a world of one
+    engines = wrap_engines(cfg, build_modules(cfg, ("generator", "critic", "teacher"), torch.device("cpu")))
+    nets = engines.nets()
+    assert nets.generator is engines.generator.module and nets.critic is engines.critic.module
+    assert nets.teacher is engines.teacher and engines.teacher_engine is None     # replicated, frozen
+    assert set(engines.trained()) == {"generator", "critic"}
+    assert engines.generator.gradient_clipping() == cfg.optim.grad_clip
