@@ -7,6 +7,7 @@ import sys
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vidforce", description=__doc__)
+    p.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)   # deepspeed launcher
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="post-train a causal student (DeepSpeed; a single process is a world of 1)")
     t.add_argument("config")

@@ -97,7 +97,7 @@ def rollout(model: CausalWan, noise: Tensor, text_kv, sampler: Sampler, exit_ind
         raise ValueError(f"rollout bounds must be chunk-aligned with keep_from <= grad_from <= stop <= N: "
                          f"keep_from={keep_from}, grad_from={grad_from}, stop={stop}, N={n}, chunk={f}")
     if cache is None:
-        pending = (stop - grad_from) if model.gradient_checkpointing else 0
+        pending = (stop - grad_from) if model.gradient_checkpointing and torch.is_grad_enabled() else 0
         cache = model.new_cache(noise.shape[0], noise.shape[3], noise.shape[4], stop, noise.device,
                                 next(model.parameters()).dtype, extra_capacity=pending)
     outs = []

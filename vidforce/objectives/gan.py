@@ -43,7 +43,8 @@ class CriticWithHead(nn.Module):
 
     def logits(self, x: Tensor, t: Tensor, text_kv) -> Tensor:
         tokens = self.model(x, t, text_kv=text_kv, features_at=self.feature_layer)
-        return self.disc_head(tokens.float().mean(dim=1)).squeeze(-1)
+        pooled = tokens.float().mean(dim=1).to(self.disc_head[1].weight.dtype)
+        return self.disc_head(pooled).squeeze(-1).float()
 
 
 def generator_gan_loss(fake_logits: Tensor, real_logits: Tensor | None = None) -> Tensor:
