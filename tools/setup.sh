@@ -18,5 +18,5 @@ $VENV/bin/python -c "import torch" 2>/dev/null || $pip install -q "torch==${VIDF
 $pip install -q numpy ninja packaging psutil py-cpuinfo hjson msgpack pydantic tqdm
 $VENV/bin/python -c "import deepspeed" 2>/dev/null || \
   DS_BUILD_OPS=0 $pip install -q --no-build-isolation "deepspeed==0.19.8"
-$pip install -q -e ".[dev,video,wandb]"
+$pip install -q -e ".[dev,video,wandb,text]"
 touch "$stamp"
