@@ -36,7 +36,7 @@ from vidforce.data.video import read_frames
 from vidforce.data.world_metrics import world_metrics
 from vidforce.diagnostics import analyze_frames
 from vidforce.diffusion import cfg as guide, shift_sigma
-from vidforce.rollout import Sampler, refresh_cache, rollout
+from vidforce.rollout import Sampler, frame_timesteps, refresh_cache, rollout
 from vidforce.video_io import to_uint8_frames
 
 WORLD_KEYS = ("count_accuracy", "count_error", "size_error", "colour_error", "speed_ratio", "background_error")
@@ -75,18 +75,13 @@ def euler_sample(flow: Callable[[Tensor, float], Tensor], noise: Tensor, sigmas:
     return x
 
 
-def _t(sigma: float, like: Tensor) -> Tensor:
-    """Timesteps ``[B, T]`` of ``like [B, T, ...]`` at ``sigma``."""
-    return torch.full(like.shape[:2], sigma * 1000.0, device=like.device, dtype=torch.float32)
-
-
 def teacher_flow(teacher, cond, uncond, guidance: float) -> Callable[[Tensor, float], Tensor]:
     """Bidirectional flow with CFG ``v_u + g (v_c - v_u)`` (``cond`` / ``uncond`` text embeddings)."""
     kv_c, kv_u = teacher.text_kv(cond), teacher.text_kv(uncond)
 
     def flow(x: Tensor, s: float) -> Tensor:
-        v_c = teacher(x, _t(s, x), text_kv=kv_c)
-        return v_c if guidance == 1.0 else guide(teacher(x, _t(s, x), text_kv=kv_u), v_c, guidance)
+        v_c = teacher(x, frame_timesteps(s, x), text_kv=kv_c)
+        return v_c if guidance == 1.0 else guide(teacher(x, frame_timesteps(s, x), text_kv=kv_u), v_c, guidance)
     return flow
 
 
@@ -121,7 +116,7 @@ def euler_causal_sampler(model, text, sigmas, context: Sampler) -> SampleFn:
         outs = []
         for start in range(0, n, model.frames_per_chunk):
             chunk = noise[:, start:start + model.frames_per_chunk]
-            flow = lambda x, s: model.forward_chunk(x, _t(s, x), cache, start, write=True, text_kv=kv)  # noqa: E731
+            flow = lambda x, s: model.forward_chunk(x, frame_timesteps(s, x), cache, start, write=True, text_kv=kv)  # noqa: E731
             x0 = euler_sample(flow, chunk, sigmas)
             refresh_cache(model, x0, cache, start, kv, context)
             outs.append(x0)

@@ -34,7 +34,7 @@ class Sampler:
         return cls(tuple(float(t) / 1000.0 for t in steps), float(schedule.context_noise) / 1000.0)
 
 
-def _t(sigma: float, like: Tensor) -> Tensor:
+def frame_timesteps(sigma: float, like: Tensor) -> Tensor:
     """Per-frame timesteps ``[B, F]`` of a chunk ``like [B, F, C, H, W]``."""
     return torch.full(like.shape[:2], sigma * 1000.0, device=like.device, dtype=torch.float32)
 
@@ -52,10 +52,10 @@ def denoise_chunk(model: CausalWan, noise: Tensor, cache: KVCache, start: int, t
     x = noise
     for i, s in enumerate(sampler.sigmas[: exit_index + 1]):
         if i == exit_index and grad:
-            v = model.forward_chunk(x, _t(s, x), cache, start, write=False, text_kv=text_kv)
+            v = model.forward_chunk(x, frame_timesteps(s, x), cache, start, write=False, text_kv=text_kv)
             return x0_from_flow(x, v, torch.tensor(s, device=x.device))
         with torch.no_grad():
-            v = model.forward_chunk(x, _t(s, x), cache, start, write=True, text_kv=text_kv)
+            v = model.forward_chunk(x, frame_timesteps(s, x), cache, start, write=True, text_kv=text_kv)
             x0 = x0_from_flow(x, v, torch.tensor(s, device=x.device))
             if i < exit_index:
                 x = renoise(x0, torch.tensor(sampler.sigmas[i + 1], device=x.device), generator)
@@ -69,7 +69,7 @@ def refresh_cache(model: CausalWan, x0: Tensor, cache: KVCache, start: int, text
     x = x0.detach()
     if sampler.context_sigma > 0:
         x = renoise(x, torch.tensor(sampler.context_sigma, device=x.device), generator)
-    model.forward_chunk(x, _t(sampler.context_sigma, x), cache, start, write=True, text_kv=text_kv)
+    model.forward_chunk(x, frame_timesteps(sampler.context_sigma, x), cache, start, write=True, text_kv=text_kv)
 
 
 def chunk_step(model: CausalWan, noise: Tensor, cache: KVCache, start: int, text_kv, sampler: Sampler,

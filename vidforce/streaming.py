@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from vidforce.models.causal import CausalWan
-from vidforce.rollout import Sampler, _t, chunk_step
+from vidforce.rollout import Sampler, chunk_step, frame_timesteps
 from vidforce.video_io import to_uint8_frames
 
 
@@ -77,7 +77,7 @@ class Streamer:
         for start in sorted({f // chunk * chunk for f in frames}):
             group = [f for f in frames if start <= f < start + chunk]
             x = torch.cat([self.kept[f] for f in group], dim=1)
-            self.model.forward_chunk(x, _t(self.sampler.context_sigma, x), self.cache, group[0], write=True,
+            self.model.forward_chunk(x, frame_timesteps(self.sampler.context_sigma, x), self.cache, group[0], write=True,
                                      text_kv=text_kv)
         self.stats.recaches += 1
 
