@@ -121,7 +121,7 @@ class TrainConfig:
     generator_zero_stage: int = 2
     critic_zero_stage: int = 2
     teacher_zero3: bool = False     # partition the frozen teacher (ZeRO-3) instead of replicating it
-    dist_timeout_s: int = 600
+    dist_timeout_s: int = 600       # a rank silent this long (no loop progress) ends the job, named (watchdog.py)
     device: str = "auto"            # auto | cpu | cuda
 
 

@@ -14,6 +14,8 @@ import socket
 import torch
 import torch.distributed as tdist
 
+from vidforce.train.watchdog import GRACE_S
+
 _STATE = {"device": torch.device("cpu")}
 
 
@@ -50,7 +52,8 @@ def pick_device(choice: str) -> torch.device:
 
 
 def init(device: torch.device, timeout_s: int) -> None:
-    """Join (or create) the process group: gloo on CPU, nccl on CUDA. Idempotent. Without launcher variables
+    """Join (or create) the process group: gloo on CPU, nccl on CUDA, collectives timing out after
+    ``timeout_s + watchdog.GRACE_S``. Idempotent. Without launcher variables
     (``RANK`` or an MPI launcher's) this process is a world of one on a free local port."""
     if "RANK" not in os.environ and not any(v in os.environ for v in MPI_RANK_VARS):
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1",
@@ -67,7 +70,7 @@ def init(device: torch.device, timeout_s: int) -> None:
         return
     import deepspeed  # noqa: PLC0415 (heavy; only training needs it)
     deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo",
-                               timeout=datetime.timedelta(seconds=timeout_s))
+                               timeout=datetime.timedelta(seconds=timeout_s + GRACE_S))
 
 
 def _active() -> bool:

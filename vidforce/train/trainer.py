@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import resource
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,7 @@ from vidforce.train.ema import EMA
 from vidforce.train.engines import DTYPES, Engines, build_modules, wrap_engines
 from vidforce.train.hooks import DriftHook
 from vidforce.train.logging import MetricLogger
+from vidforce.train.watchdog import RankFailure, RankWatchdog, connect
 
 ROLE_IDS = {"critic": 1, "generator": 2}
 
@@ -69,6 +72,12 @@ class Run:
     device: torch.device
     run_dir: Path
     start: int
+    watchdog: RankWatchdog | None = None
+
+    def mark(self, where: str) -> None:
+        """Tell the watchdog (multi-rank runs) that the loop reached ``where``."""
+        if self.watchdog is not None:
+            self.watchdog.progress(where)
 
 
 def zero_stages(cfg, networks: tuple[str, ...]) -> dict[str, int]:
@@ -127,7 +136,16 @@ def setup(cfg) -> Run:
     start = restore(ckpt, state, ema, source, device) if state is not None else 0
     logger = MetricLogger(cfg, run_dir, start, main)
     hook = DriftHook(cfg, codec, text, run_dir, device, dtype)
-    return Run(cfg, objective, engines, ema, source, logger, hook, device, run_dir, start)
+    return Run(cfg, objective, engines, ema, source, logger, hook, device, run_dir, start, watch(cfg, run_dir))
+
+
+def watch(cfg, run_dir: Path) -> RankWatchdog | None:
+    """A started ``RankWatchdog`` in a world of several ranks, else None."""
+    if dist.world_size() == 1:
+        return None
+    timeout = cfg.train.dist_timeout_s
+    latest = lambda: str(checkpoint.latest(run_dir) or "none")  # noqa: E731
+    return RankWatchdog(connect(timeout), dist.rank(), dist.world_size(), timeout, checkpoint=latest).start()
 
 
 @contextlib.contextmanager
@@ -158,6 +176,7 @@ def _turn(run: Run, role: str, step: int, batches: list) -> dict[str, float]:
     shape = (cfg.model.in_dim, cfg.data.latent_height, cfg.data.latent_width)
     logs: dict[str, float] = {}
     for m, batch in enumerate(batches):
+        run.mark(f"step {step + 1}, {role} turn, micro-batch {m}")
         slot = m * dist.world_size() + dist.rank()
         rng = torch.Generator(run.device).manual_seed(derive_seed(cfg.train.seed, step, ROLE_IDS[role], slot))
         ctx = StepContext(run.engines.nets(), batch, plan, sampler, cfg, rng, shape)
@@ -211,15 +230,22 @@ def train(cfg) -> dict:
     metrics: dict[str, float] = {}
     try:
         for step in range(run.start, cfg.train.steps):
+            run.mark(f"step {step + 1}")
             metrics = train_step(run, step)
             done = step + 1
             run.logger.log(done, metrics)
             if done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps:
+                run.mark(f"the checkpoint of step {done}")
                 save_checkpoint(run, done)
             if run.hook.due(done):
+                run.mark(f"the drift hook of step {done}")
                 run.hook(done, run.engines.generator.module, run.ema, run.logger)
+    except Exception as err:
+        raise err if run.watchdog is None else run.watchdog.failure(err) from err
     finally:
         run.logger.close()
+        if run.watchdog is not None:
+            run.watchdog.close()
     latest = checkpoint.latest(run.run_dir)
     return {"run_dir": str(run.run_dir), "objective": cfg.objective.name, "start_step": run.start,
             "steps": cfg.train.steps, "world_size": dist.world_size(), "metrics": metrics,
@@ -232,7 +258,11 @@ def main_train(config_path: str, overrides: list[str], dry_run: bool) -> int:
     if dry_run:
         print(to_yaml(cfg))
         return 0
-    summary = train(cfg)
+    try:
+        summary = train(cfg)
+    except RankFailure as err:      # the other ranks cannot join a clean shutdown: report and leave now
+        print(f"vidforce: {err}", file=sys.stderr, flush=True)
+        os._exit(1)
     if dist.rank() == 0:
         print(json.dumps(summary, indent=2))
     dist.shutdown()
