@@ -165,3 +165,31 @@ def dump_json(out_dir: str | Path, name: str, payload: dict[str, Any]) -> Path:
     path = out / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     return path
+
+
+def profile_ops(fn: Callable[[], Any], device: torch.device, out_dir: str | Path, name: str,
+                rows: int = 15) -> dict[str, Any]:
+    """Run ``fn`` once under ``torch.profiler``; print the ops with the most self device time (CPU time off
+    CUDA) and write ``out_dir/name_ops.txt``. Returns wall ms, device-busy ms (summed kernel time) and the
+    busy fraction: a fraction far below 1 means the host (Python, launches, syncs) is the limit."""
+    from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    synchronize(device)
+    with profile(activities=activities) as prof:
+        t0 = time.perf_counter()
+        fn()
+        synchronize(device)
+        wall_ms = (time.perf_counter() - t0) * 1e3
+    events = prof.key_averages()
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    busy_ms = sum(getattr(e, key) for e in events if e.device_type.name == device.type.upper()) / 1e3 \
+        if device.type == "cuda" else wall_ms
+    table = events.table(sort_by=key, row_limit=rows)
+    counts = {"kernels": sum(e.count for e in events if e.device_type.name == "CUDA"),
+              "cpu_ops": sum(e.count for e in events if e.device_type.name == "CPU")}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}_ops.txt").write_text(table + "\n")
+    print(f"## {name}: wall {wall_ms:.1f} ms, device busy {busy_ms:.1f} ms ({busy_ms / wall_ms:.0%}), "
+          f"{counts['kernels']} kernels, {counts['cpu_ops']} host ops\n{table}")
+    return {"wall_ms": wall_ms, "busy_ms": busy_ms, "busy_fraction": busy_ms / wall_ms, **counts}

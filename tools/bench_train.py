@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tools.bench_common import profile_ops  # noqa: E402
 from tools.bench_stream import matmul_tflops  # noqa: E402
 from vidforce.config import load  # noqa: E402
 from vidforce.train import dist  # noqa: E402
@@ -62,6 +63,9 @@ def main() -> None:
     p.add_argument("--latent", default="60x104")
     p.add_argument("--frames", type=int, default=21)
     p.add_argument("--device", default="cuda", help="cpu: a smoke run of this script (--preset tiny)")
+    p.add_argument("--compile", type=int, default=0, help="train.compile (torch.compile the DiT blocks)")
+    p.add_argument("--profile", action="store_true",
+                   help="then profile one critic and one generator turn (top ops, device-busy share; 1 GPU)")
     p.add_argument("--local_rank", type=int, default=-1)
     args = p.parse_args()
     lh, lw = (int(v) for v in args.latent.split("x"))
@@ -71,7 +75,7 @@ def main() -> None:
                       "rollout.exit_step=last", f"data.latent_height={lh}", f"data.latent_width={lw}",
                       f"data.prompts={prompts}", f"train.generator_zero_stage={args.zero}",
                       f"train.critic_zero_stage={args.zero}", f"train.activation_checkpointing={bool(args.ac)}",
-                      "train.precision=bf16", "train.resume=none", f"train.run_dir={prompts.parent / 'run'}",
+                      "train.precision=bf16", f"train.compile={bool(args.compile)}", "train.resume=none", f"train.run_dir={prompts.parent / 'run'}",
                       "logging.wandb=false", "logging.progress=false", f"train.device={args.device}"])
     run = setup(cfg)
     peak = matmul_tflops(run.device)
@@ -85,14 +89,22 @@ def main() -> None:
             sync(run.device)
             if step > 0:                                             # step 0 warms up
                 times[role].append(time.perf_counter() - t)
-    report(args, cfg, run, times, peak)
+    ops = {}
+    if args.profile:
+        if dist.world_size() > 1:
+            raise SystemExit("--profile runs in a world of one (one GPU)")
+        batches = [run.source.next()]
+        for role in ("critic", "generator"):
+            ops[role] = profile_ops(lambda: run_turn(run, role, args.reps + 1, batches), run.device, args.out,
+                                    f"train_{role}_z{args.zero}_ac{args.ac}")
+    report(args, cfg, run, times, peak, ops)
 
 
-def report(args, cfg, run, times: dict[str, list[float]], peak: float) -> None:
+def report(args, cfg, run, times: dict[str, list[float]], peak: float, ops: dict) -> None:
     from vidforce.config import arch_of  # noqa: PLC0415
     arch, tpf = arch_of(cfg.model), cfg.data.latent_height * cfg.data.latent_width // 4
     tokens = cfg.rollout.num_frames * tpf
-    row = {"gpus": dist.world_size(), "zero": args.zero, "activation_ckpt": bool(args.ac),
+    row = {"gpus": dist.world_size(), "zero": args.zero, "activation_ckpt": bool(args.ac), "compile": bool(args.compile),
            "gpu": torch.cuda.get_device_name() if run.device.type == "cuda" else "cpu", "matmul_tflops": peak,
            "peak_gib": torch.cuda.max_memory_allocated() / 2 ** 30 if run.device.type == "cuda" else 0.0}
     for role, ts in times.items():
@@ -101,12 +113,13 @@ def report(args, cfg, run, times: dict[str, list[float]], peak: float) -> None:
                            len(cfg.schedule.denoising_steps), role)
         row.update({f"{role}_s": t, f"{role}_tokens_per_s_per_gpu": tokens / t,
                     f"{role}_mfu": flops / t / (peak * 1e12)})
+    row.update({f"{role}_busy_fraction": o["busy_fraction"] for role, o in ops.items()})
     peaks = dist.reduce_max({"peak_gib": row["peak_gib"]})
     row["peak_gib"] = peaks["peak_gib"]
     if dist.rank() == 0:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        name = f"train_g{row['gpus']}_z{args.zero}_ac{args.ac}.json"
+        name = f"train_g{row['gpus']}_z{args.zero}_ac{args.ac}_c{args.compile}.json"
         (out / name).write_text(json.dumps(row, indent=2))
         print("RESULT " + json.dumps(row))
 

@@ -118,6 +118,7 @@ class TrainConfig:
     log_every: int = 1
     precision: str = "bf16"         # bf16 | fp32
     activation_checkpointing: bool = False
+    compile: bool = False           # torch.compile each DiT block's tensor halves (WanModel.compile_blocks)
     generator_zero_stage: int = 2
     critic_zero_stage: int = 2
     teacher_zero3: bool = False     # partition the frozen teacher (ZeRO-3) instead of replicating it

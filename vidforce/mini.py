@@ -10,8 +10,10 @@ interrupted training stage resumes from its run's latest checkpoint):
 5. ``teacher_forcing``   data baseline from the teacher weights                         -> ``model.safetensors``
 6. ``diffusion_forcing`` data baseline from the teacher weights                         -> ``model.safetensors``
 7. ``self_forcing``      DMD from the ODE-init export, critic from the teacher          -> ``model.safetensors``
-8. ``self_forcing_pp``   extended DMD (rollouts to 4K) from the Self Forcing export     -> ``model.safetensors``
-9. ``evaluate``          1x / 4x / 10x K rollouts, world + drift metrics               -> ``OUT/results/``
+8. ``self_forcing_more`` the control: Self Forcing continued from its export for as many iterations, at the
+                         same batch, as ``self_forcing_pp`` gets (K-frame rollouts)    -> ``model.safetensors``
+9. ``self_forcing_pp``   extended DMD (rollouts to 4K) from the Self Forcing export     -> ``model.safetensors``
+10. ``evaluate``          1x / 4x / 10x K rollouts, world + drift metrics               -> ``OUT/results/``
 
 Settings: ``configs/mini/<stage>.yaml`` (training), ``configs/mini/recipe.yaml`` (data, ODE pairs, evaluation)
 and, with ``--smoke``, ``configs/mini/smoke.yaml`` over both. Exports are the generators' EMA weights.
@@ -36,13 +38,14 @@ from vidforce.data.mini_world import WorldSpec, export_mini_world, load_spec, sa
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "configs" / "mini"
 STAGES = ("data", "teacher", "ode_pairs", "ode_init", "teacher_forcing", "diffusion_forcing", "self_forcing",
-          "self_forcing_pp", "evaluate")
+          "self_forcing_more", "self_forcing_pp", "evaluate")
 TRAINED = {  # stage -> (config field, stage whose artifact it loads)
     "teacher": (),
     "ode_init": (("model.checkpoint", "teacher"), ("objective.ode_pairs", "ode_pairs")),
     "teacher_forcing": (("model.checkpoint", "teacher"),),
     "diffusion_forcing": (("model.checkpoint", "teacher"),),
     "self_forcing": (("model.checkpoint", "ode_init"), ("teacher.checkpoint", "teacher")),
+    "self_forcing_more": (("model.checkpoint", "self_forcing"), ("teacher.checkpoint", "teacher")),
     "self_forcing_pp": (("model.checkpoint", "self_forcing"), ("teacher.checkpoint", "teacher")),
 }
 NEEDS = {"data": (), "ode_pairs": ("teacher",), "evaluate": tuple(TRAINED),
@@ -178,7 +181,8 @@ def eval_samplers(mini: Mini, cfg, device) -> dict:
     teacher = build_teacher(cfg, device, torch.float32)
     samplers = {"teacher": (ev.teacher_sampler(teacher, text, cfg.data.negative_prompt, sigmas,
                                                cfg.objective.guidance_scale), 1)}
-    for stage in ("ode_init", "teacher_forcing", "diffusion_forcing", "self_forcing", "self_forcing_pp"):
+    for stage in ("ode_init", "teacher_forcing", "diffusion_forcing", "self_forcing", "self_forcing_more",
+                  "self_forcing_pp"):
         scfg = stage_config(mini, stage, (f"model.checkpoint={mini.artifact(stage)}",))
         model = build_generator(scfg, device, torch.float32).eval()
         if stage in ("teacher_forcing", "diffusion_forcing"):      # not distilled: many-step Euler per chunk

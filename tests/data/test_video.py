@@ -160,3 +160,22 @@ def test_decord_error_is_a_read_error():
     decord = pytest.importorskip("decord")
     from vidforce.data.video import read_errors
     assert decord.DECORDError in read_errors()
+
+
+def test_fill_cache_decodes_every_clip_up_front_and_still_skips_bad_files(exported, tmp_path, monkeypatch):
+    from vidforce.data import video as video_mod
+    (tmp_path / "broken.mp4").write_bytes(np.random.default_rng(2).bytes(4096))
+    lines = [json.dumps({"path": "broken.mp4", "caption": "x", "num_frames": 20, "fps": 8}),
+             json.dumps({"path": str(exported / "clip_000001.mp4"), "caption": "good"})]
+    (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")
+    plain = VideoClipDataset(tmp_path / "m.jsonl", clip_frames=8, stride=4)
+    good = [i for i in range(len(plain)) if plain.clips[i][0] == 1]
+    expected = {i: plain[i]["video"] for i in good}
+    ds = VideoClipDataset(tmp_path / "m.jsonl", clip_frames=8, stride=4, cache=True)
+    with pytest.warns(UserWarning, match="read failed"):
+        ds.fill_cache(workers=3)
+    assert [path for path, _ in ds.skipped] == [str(tmp_path / "broken.mp4")]
+    monkeypatch.setattr(video_mod, "read_frames", lambda *a: (_ for _ in ()).throw(AssertionError("re-read")))
+    assert all(torch.equal(ds[i]["video"], expected[i]) and ds[i]["prompt"] == "good" for i in good)
+    with pytest.raises(ValueError, match="cache=True"):
+        plain.fill_cache(workers=1)

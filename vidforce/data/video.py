@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import json
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
+from tqdm import tqdm
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 
@@ -204,6 +206,21 @@ class VideoClipDataset(Dataset):
         tensor = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
         return {"video": tensor.float() / 127.5 - 1.0, "prompt": entry.caption,
                 "path": str(entry.path), "start": int(indices[0])}
+
+    def fill_cache(self, workers: int) -> None:
+        """Decode every clip into the cache up front, one video per task on ``workers`` threads (decord and
+        OpenCV release the GIL), so the first epoch does not read files on the training loop's critical path.
+        A video's clips stay on one thread, so an unreadable file is skipped and counted once."""
+        if self._cache is None:
+            raise ValueError("VideoClipDataset.fill_cache needs cache=True")
+        by_video: dict[int, list[int]] = {}
+        for i, (video, _) in enumerate(self.clips):
+            if i not in self._cache:
+                by_video.setdefault(video, []).append(i)
+        todo = list(by_video.values())
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            list(tqdm(pool.map(lambda indices: [self[i] for i in indices], todo), total=len(todo),
+                      desc="decoding videos", leave=False, disable=len(todo) < 64))
 
     def __getitem__(self, index: int) -> dict:
         """Clip ``index``, or the next readable clip when its file fails to decode."""

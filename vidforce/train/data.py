@@ -4,7 +4,8 @@
 - ``prompts``: ``data.prompts`` through a seeded, rank-sharded ``PromptSampler``; ``cond`` = their embeddings.
 - ``videos``: clips of ``codec.num_frames(rollout.num_frames)`` pixel frames at ``data.fps`` from ``data.videos``
   (non-overlapping, resized to the latent size times the codec factor), drawn by a rank-sharded
-  ``ClipSampler``, encoded to ``latents`` by the codec; ``cond`` = caption embeddings.
+  ``ClipSampler``, encoded to ``latents`` by the codec; ``cond`` = caption embeddings. With ``data.cache_clips``
+  every clip is decoded once, up front, by a thread pool.
 - ``ode_pairs``: ``objective.ode_pairs`` from ``tools/make_ode_pairs.py``, read one pair at a time
   (``trajectory [S+1, T, C, H, W]``, ``text [L, D]``).
 ``uncond`` is the embedding of ``data.negative_prompt``, encoded once. Reading is synchronous, so the
@@ -12,6 +13,7 @@ sampler position is exactly what the trainer consumed (checkpointed for exact re
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -78,6 +80,8 @@ class BatchSource:
             self.clips = VideoClipDataset(cfg.data.videos, frames, frames, cfg.data.fps,
                                           cfg.data.latent_height * s, cfg.data.latent_width * s,
                                           cache=cfg.data.cache_clips)
+            if cfg.data.cache_clips:
+                self.clips.fill_cache(workers=min(8, os.cpu_count() or 1))
             self.order = ClipSampler(len(self.clips), seed, rank, world)
         elif kind == "ode_pairs":
             self.pairs = ODEPairs(cfg.objective.ode_pairs)

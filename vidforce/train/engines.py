@@ -44,11 +44,13 @@ def ds_config(cfg, stage: int, universal: bool = False) -> dict:
     return out
 
 
-def set_activation_checkpointing(module: nn.Module, enabled: bool) -> None:
-    """Per-block activation checkpointing on every Wan DiT inside ``module``."""
+def prepare_dits(module: nn.Module, checkpointing: bool, compile_blocks: bool) -> None:
+    """Per-block activation checkpointing and, if asked, ``torch.compile`` on every Wan DiT in ``module``."""
     for m in module.modules():
         if isinstance(m, WanModel):
-            m.gradient_checkpointing = enabled
+            m.gradient_checkpointing = checkpointing
+            if compile_blocks:
+                m.compile_blocks()
 
 
 def adamw(module: nn.Module, lr: float, optim) -> torch.optim.AdamW:
@@ -95,7 +97,7 @@ def build_modules(cfg, networks: tuple[str, ...], device: torch.device) -> dict[
         if "teacher" in networks:
             out["teacher"] = teacher
     for module in out.values():
-        set_activation_checkpointing(module, cfg.train.activation_checkpointing)
+        prepare_dits(module, cfg.train.activation_checkpointing, cfg.train.compile)
     return out
 
 
