@@ -77,7 +77,10 @@ def main() -> None:
                       f"train.critic_zero_stage={args.zero}", f"train.activation_checkpointing={bool(args.ac)}",
                       "train.precision=bf16", f"train.compile={bool(args.compile)}", "train.resume=none", f"train.run_dir={prompts.parent / 'run'}",
                       "logging.wandb=false", "logging.progress=false", f"train.device={args.device}"])
+    t0 = time.perf_counter()
     run = setup(cfg)
+    if dist.rank() == 0:
+        print(f"set-up (models, engines): {time.perf_counter() - t0:.1f} s", flush=True)
     peak = matmul_tflops(run.device)
     times: dict[str, list[float]] = {"critic": [], "generator": []}
     for step in range(args.reps + 1):
@@ -89,6 +92,8 @@ def main() -> None:
             sync(run.device)
             if step > 0:                                             # step 0 warms up
                 times[role].append(time.perf_counter() - t)
+            if dist.rank() == 0:
+                print(f"iteration {step} {role} turn: {time.perf_counter() - t:.2f} s", flush=True)
     ops = {}
     if args.profile:
         if dist.world_size() > 1:
