@@ -26,10 +26,11 @@ def finish(procs: list[subprocess.Popen], logs: list[Path]) -> None:
     assert codes == [0] * len(procs), "\n".join(log.read_text()[-3000:] for log in logs)
 
 
-def two_nodes(tmp_path: Path, args: list[str], **env: str) -> None:
-    """``launch/per_node.sh`` as node 0 and node 1 (one rank each) of one job on 127.0.0.1."""
+def two_nodes(tmp_path: Path, args: list[str], slots: int = 1, **env: str) -> None:
+    """``launch/per_node.sh`` as node 0 and node 1 of one job on 127.0.0.1 (hostfile: ``slots`` each;
+    one rank each unless ``DS_EXTRA`` narrows it with ``--include``)."""
     hosts = tmp_path / "hostfile"
-    hosts.write_text("node-a slots=1\nnode-b slots=1\n")
+    hosts.write_text(f"node-a slots={slots}\nnode-b slots={slots}\n")
     port = str(free_port())
     logs = [tmp_path / f"node{n}.log" for n in range(2)]
     procs = [run_script("per_node.sh", child_env(HOSTFILE=str(hosts), NODE_RANK=str(n), MASTER_ADDR="127.0.0.1",
@@ -71,7 +72,7 @@ def test_two_gpu_nodes_on_loopback_match_one_node(tmp_path):
         return [str(ROOT / "configs/tiny/dmd.yaml"), f"data.prompts={prompts}", f"train.run_dir={run_dir}",
                 "train.steps=3", "train.device=cuda"]
 
-    two_nodes(tmp_path, args(run), DS_EXTRA="--include node-a:0@node-b:1")
+    two_nodes(tmp_path, args(run), slots=2, DS_EXTRA="--include node-a:0@node-b:1")   # GPU 0 and GPU 1
     log = tmp_path / "one_node.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), "--no_local_rank",
