@@ -3,7 +3,7 @@
 Every model generates from the same fixed scenes (seed -> ``Scene`` -> ``prompt_for``) and the same noise
 (one generator per scene seed, so a scene's noise does not depend on the batch). Samplers:
 
-- few-step students (ode_init, self_forcing, self_forcing_pp): the streaming chunk step
+- few-step students (ode_init, self_forcing, self_forcing_more, self_forcing_pp): the streaming chunk step
   (:func:`vidforce.rollout.rollout`, exit at the last step, inference rolling cache, no grad);
 - data-trained causal baselines (teacher_forcing, diffusion_forcing): they are not distilled, so each chunk
   is sampled with a many-step Euler ODE (:func:`euler_sample`) against the same rolling cache, then committed
