@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tools.bench_common import markdown_table, profile_ops, synchronize  # noqa: E402
 from vidforce import config  # noqa: E402
 from vidforce.train import dist  # noqa: E402
-from vidforce.train.trainer import run_turn, setup, train_step  # noqa: E402
+from vidforce.train.trainer import run_turn, setup, train_step, turns_due  # noqa: E402
 
 
 def timed(fn, device, into: list[float]):
@@ -36,9 +36,9 @@ def timed(fn, device, into: list[float]):
 
 def phase_step(run, step: int, times: dict[str, list[float]]) -> None:
     """``trainer.train_step``'s phases, each timed on its own (same calls, same order)."""
-    cfg, obj, dev = run.cfg, run.objective, run.device
+    cfg, dev = run.cfg, run.device
     batches = timed(lambda: [run.source.next() for _ in range(cfg.train.grad_accum)], dev, times["data"])
-    turns = [r for r, due in (("critic", obj.critic_turn(step)), ("generator", obj.generator_turn(step))) if due]
+    turns = turns_due(run.objective, step)
     for role in turns:
         timed(lambda: run_turn(run, role, step, batches), dev, times.setdefault(f"{role} turn", []))
     if "generator" in turns:

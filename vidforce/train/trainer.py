@@ -196,12 +196,18 @@ def peak_memory_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
+def turns_due(objective, step: int) -> list[str]:
+    """The engines that update at ``step``, in order (critic first)."""
+    return [r for r, due in (("critic", objective.critic_turn(step)), ("generator", objective.generator_turn(step)))
+            if due]
+
+
 def train_step(run: Run, step: int) -> dict[str, float]:
     """One iteration; metrics reduced across ranks (means; max for time and memory)."""
-    cfg, obj = run.cfg, run.objective
+    cfg = run.cfg
     t0 = time.perf_counter()
     batches = [run.source.next() for _ in range(cfg.train.grad_accum)]
-    turns = [r for r, due in (("critic", obj.critic_turn(step)), ("generator", obj.generator_turn(step))) if due]
+    turns = turns_due(run.objective, step)
     logs: dict[str, float] = {}
     for role in turns:
         logs.update(run_turn(run, role, step, batches))
@@ -241,7 +247,10 @@ def train(cfg) -> dict:
                 run.mark(f"the drift hook of step {done}")
                 run.hook(done, run.engines.generator.module, run.ema, run.logger)
     except Exception as err:
-        raise err if run.watchdog is None else run.watchdog.failure(err) from err
+        failure = err if run.watchdog is None else run.watchdog.failure(err)
+        if failure is err:
+            raise
+        raise failure from err
     finally:
         run.logger.close()
         if run.watchdog is not None:
