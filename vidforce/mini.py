@@ -20,7 +20,6 @@ and, with ``--smoke``, ``configs/mini/smoke.yaml`` over both. Exports are the ge
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import time
@@ -154,20 +153,12 @@ def run_training(mini: Mini, stage: str) -> dict:
     return {"steps": cfg.train.steps, "batch_size": cfg.train.batch_size, "metrics": summary["metrics"]}
 
 
-def _ode_pairs_tool():
-    """``make_ode_pairs`` of ``tools/make_ode_pairs.py`` (tools/ is not a package)."""
-    path = REPO / "tools" / "make_ode_pairs.py"
-    spec = importlib.util.spec_from_file_location("vidforce_tools_make_ode_pairs", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.make_ode_pairs
-
-
 def run_ode_pairs(mini: Mini) -> dict:
     """Teacher trajectories for ODE init, with the ODE-init stage's schedule and horizon."""
+    from vidforce.ode_pairs import make_ode_pairs  # noqa: PLC0415 (builds models: only this stage needs it)
     p = mini.recipe["ode_pairs"]
     cfg = stage_config(mini, "ode_init", (f"teacher.checkpoint={mini.artifact('teacher')}",))
-    _ode_pairs_tool()(cfg, mini.artifact("ode_pairs"), p["num"], p["steps"], p["batch"], p["seed"])
+    make_ode_pairs(cfg, mini.artifact("ode_pairs"), p["num"], p["steps"], p["batch"], p["seed"])
     return {"num": p["num"], "euler_steps": p["steps"], "guidance_scale": cfg.objective.guidance_scale}
 
 

@@ -5,8 +5,9 @@ import pytest
 
 from vidforce.config import load
 from vidforce.data import WorldSpec, export_mini_world
+from vidforce.ode_pairs import make_ode_pairs
 
-from tests.train.helpers import PROMPTS, ROOT, tool
+from tests.train.helpers import PROMPTS, ROOT
 
 
 @pytest.fixture(scope="session")
@@ -18,5 +19,5 @@ def inputs(tmp_path_factory) -> dict[str, str]:
     manifest = export_mini_world(root / "videos", num_clips=4, num_frames=12, spec=WorldSpec(fps=8), seed=0)
     pairs = root / "pairs.safetensors"
     cfg = load(ROOT / "configs/tiny/base.yaml", [f"data.prompts={prompts}"])
-    tool("make_ode_pairs").make_ode_pairs(cfg, pairs, num=6, steps=8, batch=3, seed=0)
+    make_ode_pairs(cfg, pairs, num=6, steps=8, batch=3, seed=0)
     return {"prompts": str(prompts), "videos": str(manifest), "pairs": str(pairs)}

@@ -1,7 +1,6 @@
 """Helpers of the training tests: tiny configs on shared inputs, metrics, multi-process ranks."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import socket
@@ -14,14 +13,6 @@ from vidforce.config import load
 ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = ["a red circle bounces on grey", "a blue square drifts on black", "a green triangle on white",
            "a yellow circle and a cyan square"]
-
-
-def tool(name: str):
-    """Import ``tools/<name>.py`` as a module."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def overrides(inputs: dict[str, str], run_dir: Path, *extra: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""tools/make_ode_pairs.py: the Euler grid, exact integration of a known flow, the written file."""
+"""vidforce/ode_pairs.py (tools/make_ode_pairs.py): the Euler grid, exact integration of a known flow, the written file."""
 from __future__ import annotations
 
 import json
@@ -7,9 +7,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from tests.train.helpers import tool
+from vidforce import ode_pairs as ode
 
-ode = tool("make_ode_pairs")
+from tests.train.helpers import ROOT
 SIGMAS = (1.0, 0.9375, 0.8333333333333334, 0.625)
 
 
@@ -48,8 +48,12 @@ def test_euler_on_the_exact_flow_records_the_noising_path(scale):
     torch.testing.assert_close(traj[:, -1], target)
 
 
-def test_written_pairs_match_the_schema(inputs):
-    with safe_open(inputs["pairs"], "pt") as f:
+def test_written_pairs_match_the_schema(tmp_path):
+    prompts, pairs = tmp_path / "prompts.txt", tmp_path / "pairs.safetensors"
+    prompts.write_text("a red circle\na blue square\n")
+    assert ode.main([str(ROOT / "configs/tiny/base.yaml"), f"data.prompts={prompts}", "train.device=cpu",
+                     "--out", str(pairs), "--num", "6", "--steps", "8", "--batch", "3"]) == 0
+    with safe_open(pairs, "pt") as f:
         traj, text, meta = f.get_tensor("trajectory"), f.get_tensor("text"), f.metadata()
     assert traj.shape == (6, 5, 6, 12, 4, 4) and text.shape == (6, 8, 16)
     assert len(json.loads(meta["prompts"])) == 6 and json.loads(meta["sigmas"])[0] == 1.0
