@@ -172,8 +172,7 @@ def eval_samplers(mini: Mini, cfg, device) -> dict:
     teacher = build_teacher(cfg, device, torch.float32)
     samplers = {"teacher": (ev.teacher_sampler(teacher, text, cfg.data.negative_prompt, sigmas,
                                                cfg.objective.guidance_scale), 1)}
-    for stage in ("ode_init", "teacher_forcing", "diffusion_forcing", "self_forcing", "self_forcing_more",
-                  "self_forcing_pp"):
+    for stage in (s for s in TRAINED if s != "teacher"):
         scfg = stage_config(mini, stage, (f"model.checkpoint={mini.artifact(stage)}",))
         model = build_generator(scfg, device, torch.float32).eval()
         if stage in ("teacher_forcing", "diffusion_forcing"):      # not distilled: many-step Euler per chunk
