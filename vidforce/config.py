@@ -103,6 +103,9 @@ class OptimConfig:
     grad_clip: float = 10.0
     ema_decay: float = 0.99
     ema_start: int = 200
+    lr_schedule: str = "constant"   # constant | cosine (vidforce/train/lr.py), over each engine's own updates
+    warmup_steps: int = 0           # linear warm-up, in updates of each engine
+    min_lr_ratio: float = 0.0       # cosine: the last update's LR / the base LR
 
 
 @dataclass
@@ -135,6 +138,7 @@ class DataConfig:
     fps: float = 16.0               # pixel frame rate of generated / training videos
     negative_prompt: str = ""
     cache_clips: bool = False       # keep decoded clips in memory (small datasets: the mini world)
+    clip_stride: int = 0            # pixel frames between clip starts (at data.fps); 0: the clip length, no overlap
 
 
 @dataclass
@@ -201,13 +205,15 @@ CHOICES: dict[str, tuple] = {
     "text.encoder": ("tiny", "umt5", "cache"),
     "codec.kind": ("pixel", "wan_vae"),
     "logging.wandb_mode": ("offline", "online", "disabled"),
+    "optim.lr_schedule": ("constant", "cosine"),
 }
 POSITIVE = ("causal.frames_per_chunk", "rollout.num_frames", "objective.gen_update_every", "train.steps",
             "train.batch_size", "train.grad_accum", "train.checkpoint_every", "train.keep_last", "train.log_every",
             "data.latent_height", "data.latent_width", "data.fps", "codec.spatial_factor", "train.dist_timeout_s",
             "drift.window_seconds", "drift.horizon_multiple", "schedule.shift")
 NON_NEGATIVE = ("causal.window", "causal.sink", "rollout.grad_chunks", "rollout.long_frames", "optim.generator_lr",
-                "optim.critic_lr", "optim.weight_decay", "optim.grad_clip", "optim.ema_start", "drift.every",
+                "optim.critic_lr", "optim.weight_decay", "optim.grad_clip", "optim.ema_start",
+                "optim.warmup_steps", "data.clip_stride", "drift.every",
                 "objective.r1_weight", "objective.r2_weight", "objective.gan_weight", "schedule.context_noise")
 
 
@@ -265,6 +271,8 @@ def validate(cfg: VidforceConfig) -> VidforceConfig:
         raise ValueError(f"schedule.min_step/max_step must satisfy 0 <= min < max <= 1, got {s.min_step}, {s.max_step}")
     if len(cfg.optim.betas) != 2 or not all(0 <= b < 1 for b in cfg.optim.betas):
         raise ValueError(f"optim.betas must be two values in [0, 1), got {list(cfg.optim.betas)}")
+    if not 0 <= cfg.optim.min_lr_ratio <= 1:
+        raise ValueError(f"optim.min_lr_ratio must be in [0, 1], got {cfg.optim.min_lr_ratio}")
     if not 0 <= cfg.optim.ema_decay < 1:
         raise ValueError(f"optim.ema_decay must be in [0, 1), got {cfg.optim.ema_decay}")
     for key in ("train.generator_zero_stage", "train.critic_zero_stage"):

@@ -170,7 +170,8 @@ def eval_samplers(mini: Mini, cfg, device) -> dict:
     e, text = mini.recipe["evaluate"], components.text_encoder(cfg, device)
     sigmas = ev.euler_sigmas(e["euler_steps"], cfg.schedule.shift)
     teacher = build_teacher(cfg, device, torch.float32)
-    samplers = {"teacher": (ev.teacher_sampler(teacher, text, cfg.data.negative_prompt, sigmas,
+    teacher_sigmas = ev.euler_sigmas(e["teacher_euler_steps"], cfg.schedule.shift)
+    samplers = {"teacher": (ev.teacher_sampler(teacher, text, cfg.data.negative_prompt, teacher_sigmas,
                                                cfg.objective.guidance_scale), 1)}
     for stage in (s for s in TRAINED if s != "teacher"):
         scfg = stage_config(mini, stage, (f"model.checkpoint={mini.artifact(stage)}",))

@@ -73,3 +73,16 @@ def test_take_continues_across_epochs():
     first = take(sampler, 5)
     assert sorted(first[:3]) == [0, 1, 2] and len(first) == 5
     assert sampler.state_dict()["epoch"] == 1 and sampler.state_dict()["position"] == 2
+
+
+def test_clip_stride_cuts_overlapping_clips(inputs, tmp_path):
+    """4 videos of 12 frames, clips of T frames: stride T gives floor(12 / T) clips each, stride 1 gives
+    13 - T, and clip 1 of a video is clip 0 moved on by the stride."""
+    cfg = tiny("teacher_forcing", inputs, tmp_path)
+    t = cfg.rollout.num_frames
+    assert len(source(cfg, "videos").clips) == 4 * (12 // t)
+    dense = source(tiny("teacher_forcing", inputs, tmp_path, "data.clip_stride=1"), "videos").clips
+    assert len(dense) == 4 * (13 - t)
+    torch.testing.assert_close(dense[1]["video"][:-1], dense[0]["video"][1:])
+    with pytest.raises(ValueError, match="data.clip_stride"):
+        tiny("teacher_forcing", inputs, tmp_path, "data.clip_stride=-2")

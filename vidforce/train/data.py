@@ -77,7 +77,7 @@ class BatchSource:
                 raise ValueError(f"data.videos is empty: objective.name={cfg.objective.name} trains on video clips")
             frames = codec.num_frames(cfg.rollout.num_frames)
             s = codec.spatial_factor
-            self.clips = VideoClipDataset(cfg.data.videos, frames, frames, cfg.data.fps,
+            self.clips = VideoClipDataset(cfg.data.videos, frames, cfg.data.clip_stride or frames, cfg.data.fps,
                                           cfg.data.latent_height * s, cfg.data.latent_width * s,
                                           cache=cfg.data.cache_clips)
             if cfg.data.cache_clips:

@@ -32,6 +32,7 @@ from vidforce.train.data import BatchSource
 from vidforce.train.ema import EMA
 from vidforce.train.engines import DTYPES, Engines, build_modules, wrap_engines
 from vidforce.train.hooks import DriftHook
+from vidforce.train.lr import lr_factor
 from vidforce.train.logging import MetricLogger
 from vidforce.train.watchdog import RankFailure, RankWatchdog, connect
 
@@ -72,6 +73,7 @@ class Run:
     device: torch.device
     run_dir: Path
     start: int
+    updates: dict[str, list[int]]
     watchdog: RankWatchdog | None = None
 
     def mark(self, where: str) -> None:
@@ -136,7 +138,8 @@ def setup(cfg) -> Run:
     start = restore(ckpt, state, ema, source, device) if state is not None else 0
     logger = MetricLogger(cfg, run_dir, start, main)
     hook = DriftHook(cfg, codec, text, run_dir, device, dtype)
-    return Run(cfg, objective, engines, ema, source, logger, hook, device, run_dir, start, watch(cfg, run_dir))
+    return Run(cfg, objective, engines, ema, source, logger, hook, device, run_dir, start,
+               update_counts(objective, cfg.train.steps), watch(cfg, run_dir))
 
 
 def watch(cfg, run_dir: Path) -> RankWatchdog | None:
@@ -166,15 +169,25 @@ def run_turn(run: Run, role: str, step: int, batches: list) -> dict[str, float]:
         return _turn(run, role, step, batches)
 
 
+def set_lr(run: Run, role: str, step: int) -> float:
+    """Set the engine's learning rate for its update at ``step`` (``lr.lr_factor`` of its base LR)."""
+    o, counts = run.cfg.optim, run.updates[role]
+    base = o.critic_lr if role == "critic" else o.generator_lr
+    lr = base * lr_factor(counts[step], counts[-1], o.warmup_steps, o.lr_schedule, o.min_lr_ratio)
+    for group in run.engines.trained()[role].optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
 def _turn(run: Run, role: str, step: int, batches: list) -> dict[str, float]:
     cfg, engine = run.cfg, run.engines.trained()[role]
+    logs: dict[str, float] = {f"lr/{role}": set_lr(run, role, step)}
     sampler = Sampler.from_config(cfg.schedule)
     plan_rng = torch.Generator().manual_seed(derive_seed(cfg.train.seed, step, ROLE_IDS[role]))
     plan = draw_plan(cfg.rollout, len(sampler.sigmas), cfg.causal.frames_per_chunk, plan_rng,
                      broadcast=dist.broadcast_ints)
     loss_fn = run.objective.critic_loss if role == "critic" else run.objective.generator_loss
     shape = (cfg.model.in_dim, cfg.data.latent_height, cfg.data.latent_width)
-    logs: dict[str, float] = {}
     for m, batch in enumerate(batches):
         run.mark(f"step {step + 1}, {role} turn, micro-batch {m}")
         slot = m * dist.world_size() + dist.rank()
@@ -200,6 +213,16 @@ def turns_due(objective, step: int) -> list[str]:
     """The engines that update at ``step``, in order (critic first)."""
     return [r for r, due in (("critic", objective.critic_turn(step)), ("generator", objective.generator_turn(step)))
             if due]
+
+
+def update_counts(objective, steps: int) -> dict[str, list[int]]:
+    """Per role, ``counts[s]`` = its optimizer updates before step ``s`` (``counts[steps]``: the run's total)."""
+    counts = {"critic": [0], "generator": [0]}
+    for step in range(steps):
+        due = turns_due(objective, step)
+        for role, row in counts.items():
+            row.append(row[-1] + (role in due))
+    return counts
 
 
 def train_step(run: Run, step: int) -> dict[str, float]:
