@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vidforce.comparisons import comparison_markdown, standard_error
 from vidforce.data.mini_world import WorldSpec, prompt_for, render, scene_for_seed, write_mp4
 from vidforce.data.video import read_frames
 from vidforce.data.world_metrics import world_metrics
@@ -180,20 +181,25 @@ def block_means(values: np.ndarray, size: int) -> np.ndarray:
 
 
 def summarize_model(videos: list[np.ndarray], setup: EvalSetup) -> dict:
-    """Per horizon multiple: world metrics over its last K-frame block and that block's drift window; and
-    the curves (per chunk, averaged over scenes) against time."""
+    """Per horizon multiple: world metrics over its last K-frame block (the mean over scenes of each
+    scene's block mean; ``per_scene`` keeps those, ``se`` their standard errors) and that block's drift
+    window; and the curves (per chunk, averaged over scenes) against time."""
     frames, drift, k = per_frame(videos, setup), drift_windows(videos, setup), setup.horizon
     length = videos[0].shape[0]
-    horizons = {}
+    horizons, per_scene, se = {}, {}, {}
     for h in (m for m in setup.multiples if m * k <= length):
-        row = {name: float(nanmean(v[:, (h - 1) * k:h * k])) for name, v in frames.items()}
+        scenes = {name: nanmean(v[:, (h - 1) * k:h * k], axis=1) for name, v in frames.items()}
+        row = {name: float(nanmean(v)) for name, v in scenes.items()}
         row.update({name: float(v[h - 1]) for name, v in drift.items()})
         horizons[str(h)] = row
+        per_scene[str(h)] = {name: v.tolist() for name, v in scenes.items()}
+        se[str(h)] = {name: standard_error(v) for name, v in scenes.items()}
     curves = {name: block_means(nanmean(v, axis=0), setup.chunk).tolist() for name, v in frames.items()}
     curves["t"] = (np.arange(0, length, setup.chunk) / setup.fps).tolist()
     drift_curves = {name: v.tolist() for name, v in drift.items()}
     drift_curves["t"] = (np.arange(len(drift["motion"])) * k / setup.fps).tolist()
-    return {"frames": length, "horizons": horizons, "curves": curves, "drift_curves": drift_curves}
+    return {"frames": length, "horizons": horizons, "per_scene": per_scene, "se": se, "curves": curves,
+            "drift_curves": drift_curves}
 
 
 # ---------------------------------------------------------------- report
@@ -209,13 +215,21 @@ def _clean(x):
     return x
 
 
+def _cell(value, se=None) -> str:
+    if value is None or not math.isfinite(value):
+        return "-"
+    return f"{value:.3f}" if se is None or not math.isfinite(se) else f"{value:.3f} ± {se:.3f}"
+
+
 def table_markdown(models: dict[str, dict]) -> str:
-    """Markdown table: one row per (model, horizon), one column per metric."""
+    """Markdown table: one row per (model, horizon), one column per metric; world metrics as mean ± standard
+    error over scenes where the summary has them."""
     keys = WORLD_KEYS + DRIFT_KEYS
     lines = ["| model | horizon | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
     for name, res in models.items():
         for h, row in res["horizons"].items():
-            cells = ["-" if row[k] is None or not math.isfinite(row[k]) else f"{row[k]:.3f}" for k in keys]
+            se = res.get("se", {}).get(h, {})
+            cells = [_cell(row[k], se.get(k)) for k in keys]
             lines.append(f"| {name} | {h}x | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -256,14 +270,17 @@ def write_strip(videos: list[np.ndarray], setup: EvalSetup, path: Path, scale: i
 
 
 def write_report(models: dict[str, dict], videos: dict[str, list[np.ndarray]], setup: EvalSetup,
-                 out: Path) -> Path:
-    """``results.json``, ``table.md``, ``curves.png`` and ``strip_<model>.png`` in ``out``."""
+                 out: Path, comparisons: tuple[tuple[str, str], ...] = ()) -> Path:
+    """``results.json``, ``table.md``, ``curves.png``, ``strip_<model>.png`` and, for ``comparisons`` (pairs
+    of model names), ``comparisons.md`` (paired per-scene advantages, :mod:`vidforce.comparisons`) in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     meta = asdict(setup)
     meta["spec"] = asdict(setup.spec)
     meta["prompts"] = [prompt_for(scene_for_seed(s, setup.spec)) for s in setup.seeds]
     (out / "results.json").write_text(json.dumps(_clean({"setup": meta, "models": models}), indent=1) + "\n")
     (out / "table.md").write_text(table_markdown(models))
+    if comparisons:
+        (out / "comparisons.md").write_text(comparison_markdown(models, list(comparisons), WORLD_KEYS))
     plot_curves(models, setup, out / "curves.png")
     for name, vids in videos.items():
         write_strip(vids, setup, out / f"strip_{name}.png")
@@ -271,11 +288,14 @@ def write_report(models: dict[str, dict], videos: dict[str, list[np.ndarray]], s
 
 
 def evaluate(samplers: dict[str, tuple[SampleFn, int]], codec, setup: EvalSetup, out: str | Path,
-             device="cpu") -> dict[str, dict]:
+             device="cpu", comparisons: tuple[tuple[str, str], ...] = ()) -> dict[str, dict]:
     """Evaluate ``{name: (sample_fn, horizon multiples it can roll out)}`` plus the data reference; write the
     report under ``out``; return ``{name: summary}``."""
     if codec.temporal_factor != 1:
         raise ValueError("mini-world evaluation needs a codec with temporal factor 1 (codec.kind=pixel)")
+    unknown = sorted({n for pair in comparisons for n in pair} - {"data", *samplers})
+    if unknown:
+        raise ValueError(f"evaluate.comparisons: unknown model(s) {unknown}; evaluated: {sorted({'data', *samplers})}")
     prompts = [prompt_for(scene_for_seed(s, setup.spec)) for s in setup.seeds]
     longest = max(setup.multiples) * setup.horizon
     noise = scene_noise(setup.seeds, longest, setup.latent_shape, device)
@@ -283,5 +303,5 @@ def evaluate(samplers: dict[str, tuple[SampleFn, int]], codec, setup: EvalSetup,
     for name, (sample, multiple) in samplers.items():
         videos[name] = generate_videos(sample, codec, prompts, noise[:, :multiple * setup.horizon])
     models = {name: summarize_model(v, setup) for name, v in videos.items()}
-    write_report(models, videos, setup, Path(out))
+    write_report(models, videos, setup, Path(out), comparisons)
     return models

@@ -195,8 +195,11 @@ def run_evaluate(mini: Mini) -> dict:
                          cfg.causal.frames_per_chunk, cfg.data.fps, tuple(e["multiples"]),
                          (cfg.model.in_dim, cfg.data.latent_height, cfg.data.latent_width),
                          e["strip_scenes"], e["strip_frames"])
+    pairs = tuple(tuple(p) for p in e["comparisons"])
+    if any(len(p) != 2 for p in pairs):
+        raise ValueError(f"evaluate.comparisons: each entry must be [first, second], got {e['comparisons']}")
     models = ev.evaluate(eval_samplers(mini, cfg, device), components.codec(cfg, device), setup,
-                         mini.dir("evaluate"), device)
+                         mini.dir("evaluate"), device, pairs)
     return {"models": sorted(models), "table": str(mini.dir("evaluate") / "table.md")}
 
 
