@@ -99,8 +99,12 @@ def test_block_means_and_table_nan_cells():
 def test_evaluate_writes_the_report(tmp_path):
     setup, codec = _setup(), PixelCodec(2)
     samplers = {"truth": (_truth_sampler(setup, codec), 4), "short": (_truth_sampler(setup, codec), 1)}
-    models = ev.evaluate(samplers, codec, setup, tmp_path)
+    models = ev.evaluate(samplers, codec, setup, tmp_path, comparisons=(("truth", "data"), ("short", "truth")))
     assert set(models) == {"data", "truth", "short"}
+    rows = (tmp_path / "comparisons.md").read_text().splitlines()[2:]
+    assert [r.split(" | ")[:2] for r in rows] == [["| truth vs data", "1x"], ["| truth vs data", "4x"],
+                                                  ["| short vs truth", "1x"]]
+    assert rows[2].split(" | ")[2] == "+0.000 ± 0.000"          # the same sampler: no advantage
     assert set(models["short"]["horizons"]) == {"1"}
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["models"]["data"]["horizons"]["4"]["count_accuracy"] > 0.9
@@ -108,3 +112,13 @@ def test_evaluate_writes_the_report(tmp_path):
     assert "| truth | 4x |" in (tmp_path / "table.md").read_text()
     for name in ("curves.png", "strip_truth.png", "strip_short.png", "strip_data.png"):
         assert 0 < (tmp_path / name).stat().st_size < 16 * 2**20
+
+
+def test_table_shows_standard_errors_and_evaluate_checks_comparison_names_first(tmp_path):
+    row = dict.fromkeys(ev.WORLD_KEYS + ev.DRIFT_KEYS, 0.5)
+    table = ev.table_markdown({"m": {"horizons": {"1": row}, "se": {"1": {"count_error": 0.25}}}})
+    assert "| m | 1x | 0.500 | 0.500 ± 0.250 | 0.500 |" in table
+    setup, codec = _setup(), PixelCodec(2)
+    never = lambda prompts, noise: pytest.fail("sampled before the comparison names were checked")  # noqa: E731
+    with pytest.raises(ValueError, match=r"evaluate.comparisons: unknown model\(s\) \['nope'\]"):
+        ev.evaluate({"truth": (never, 4)}, codec, setup, tmp_path, comparisons=(("truth", "nope"),))

@@ -65,6 +65,7 @@ def test_smoke_recipe_end_to_end(tmp_path, capsys):
     assert set(results["models"]["self_forcing_pp"]["horizons"]) == {"1", "4", "10"}
     table = (tmp_path / "results" / "table.md").read_text()
     assert "| self_forcing_pp | 10x |" in table
+    assert "| self_forcing_pp vs self_forcing_more | 10x |" in (tmp_path / "results" / "comparisons.md").read_text()
     for name in ["curves.png"] + [f"strip_{m}.png" for m in results["models"]]:
         assert 0 < (tmp_path / "results" / name).stat().st_size < 16 * 2**20
     capsys.readouterr()
