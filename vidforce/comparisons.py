@@ -47,14 +47,19 @@ def cell(mean: float, se: float) -> str:
     return f"**{text}**" if math.isfinite(se) and abs(mean) > 2 * se else text
 
 
+def check_names(pairs, names) -> None:
+    """ValueError (naming ``evaluate.comparisons``) when a pair names a model that is not evaluated."""
+    unknown = sorted({n for pair in pairs for n in pair} - set(names))
+    if unknown:
+        raise ValueError(f"evaluate.comparisons: unknown model(s) {unknown}; evaluated: {sorted(names)}")
+
+
 def comparison_markdown(models: dict[str, dict], pairs: list[tuple[str, str]], keys: tuple[str, ...]) -> str:
     """One row per (pair, horizon both reach): the paired advantage of the first model on every metric.
 
     ``models[name]["per_scene"][h][metric]`` holds the per-scene block means (``evaluate.summarize_model``).
     """
-    unknown = sorted({n for pair in pairs for n in pair} - set(models))
-    if unknown:
-        raise ValueError(f"evaluate.comparisons: unknown model(s) {unknown}; evaluated: {sorted(models)}")
+    check_names(pairs, models)
     lines = ["| first vs second | horizon | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
     for a, b in pairs:
         sa, sb = models[a]["per_scene"], models[b]["per_scene"]

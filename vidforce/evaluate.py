@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vidforce.comparisons import comparison_markdown, standard_error
+from vidforce.comparisons import check_names, comparison_markdown, standard_error
 from vidforce.data.mini_world import WorldSpec, prompt_for, render, scene_for_seed, write_mp4
 from vidforce.data.video import read_frames
 from vidforce.data.world_metrics import world_metrics
@@ -293,9 +293,7 @@ def evaluate(samplers: dict[str, tuple[SampleFn, int]], codec, setup: EvalSetup,
     report under ``out``; return ``{name: summary}``."""
     if codec.temporal_factor != 1:
         raise ValueError("mini-world evaluation needs a codec with temporal factor 1 (codec.kind=pixel)")
-    unknown = sorted({n for pair in comparisons for n in pair} - {"data", *samplers})
-    if unknown:
-        raise ValueError(f"evaluate.comparisons: unknown model(s) {unknown}; evaluated: {sorted({'data', *samplers})}")
+    check_names(comparisons, {"data", *samplers})       # before minutes of sampling
     prompts = [prompt_for(scene_for_seed(s, setup.spec)) for s in setup.seeds]
     longest = max(setup.multiples) * setup.horizon
     noise = scene_noise(setup.seeds, longest, setup.latent_shape, device)
