@@ -3,7 +3,8 @@
 ``objective.data`` picks the source:
 - ``prompts``: ``data.prompts`` through a seeded, rank-sharded ``PromptSampler``; ``cond`` = their embeddings.
 - ``videos``: clips of ``codec.num_frames(rollout.num_frames)`` pixel frames at ``data.fps`` from ``data.videos``
-  (non-overlapping, resized to the latent size times the codec factor), drawn by a rank-sharded
+  (a clip starting every ``data.clip_stride`` frames, default the clip length: no overlap; resized to the
+  latent size times the codec factor), drawn by a rank-sharded
   ``ClipSampler``, encoded to ``latents`` by the codec; ``cond`` = caption embeddings. With ``data.cache_clips``
   every clip is decoded once, up front, by a thread pool.
 - ``ode_pairs``: ``objective.ode_pairs`` from ``tools/make_ode_pairs.py``, read one pair at a time

@@ -53,6 +53,11 @@ def prepare_dits(module: nn.Module, checkpointing: bool, compile_blocks: bool) -
                 m.compile_blocks()
 
 
+def base_lr(optim, role: str) -> float:
+    """The configured learning rate of the ``generator`` or ``critic`` engine (before any schedule)."""
+    return optim.critic_lr if role == "critic" else optim.generator_lr
+
+
 def adamw(module: nn.Module, lr: float, optim) -> torch.optim.AdamW:
     betas = (float(optim.betas[0]), float(optim.betas[1]))
     params = [p for p in module.parameters() if p.requires_grad]
@@ -106,11 +111,11 @@ def wrap_engines(cfg, modules: dict[str, nn.Module], universal: bool = False) ->
     t, o = cfg.train, cfg.optim
     gen = modules["generator"]
     engines = Engines(_initialize(gen, ds_config(cfg, t.generator_zero_stage, universal),
-                                  adamw(gen, o.generator_lr, o)))
+                                  adamw(gen, base_lr(o, "generator"), o)))
     if "critic" in modules:
         critic = modules["critic"]
         engines.critic = _initialize(critic, ds_config(cfg, t.critic_zero_stage, universal),
-                                     adamw(critic, o.critic_lr, o))
+                                     adamw(critic, base_lr(o, "critic"), o))
     if "teacher" in modules:
         engines.teacher = modules["teacher"]
         if t.teacher_zero3:

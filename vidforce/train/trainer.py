@@ -30,7 +30,7 @@ from vidforce.rollout import Sampler, draw_plan
 from vidforce.train import checkpoint, dist
 from vidforce.train.data import BatchSource
 from vidforce.train.ema import EMA
-from vidforce.train.engines import DTYPES, Engines, build_modules, wrap_engines
+from vidforce.train.engines import DTYPES, Engines, base_lr, build_modules, wrap_engines
 from vidforce.train.hooks import DriftHook
 from vidforce.train.lr import lr_factor
 from vidforce.train.logging import MetricLogger
@@ -172,8 +172,7 @@ def run_turn(run: Run, role: str, step: int, batches: list) -> dict[str, float]:
 def set_lr(run: Run, role: str, step: int) -> float:
     """Set the engine's learning rate for its update at ``step`` (``lr.lr_factor`` of its base LR)."""
     o, counts = run.cfg.optim, run.updates[role]
-    base = o.critic_lr if role == "critic" else o.generator_lr
-    lr = base * lr_factor(counts[step], counts[-1], o.warmup_steps, o.lr_schedule, o.min_lr_ratio)
+    lr = base_lr(o, role) * lr_factor(counts[step], counts[-1], o.warmup_steps, o.lr_schedule, o.min_lr_ratio)
     for group in run.engines.trained()[role].optimizer.param_groups:
         group["lr"] = lr
     return lr
