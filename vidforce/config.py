@@ -62,8 +62,8 @@ class ScheduleConfig:
     shift: float = 5.0
     denoising_steps: list[float] = field(default_factory=lambda: [1000.0, 750.0, 500.0, 250.0])
     warp: bool = True               # warp the step list through the shifted table
-    min_step: float = 0.02          # DMD t range (fraction of T)
-    max_step: float = 0.98
+    min_step: float = 0.02          # training t range (fraction of T) of every objective that noises:
+    max_step: float = 0.98          # DMD's [0.02, 0.98]; a model trained from data needs [0, 1]
     context_noise: float = 0.0      # timestep of the cache refresh pass
 
 
