@@ -20,11 +20,16 @@ def _setup(seeds=(3, 4), horizon=6, multiples=(1, 4)):
     return ev.EvalSetup(SPEC, seeds, horizon, 3, 8.0, multiples, (12, 16, 16), 2, 4)
 
 
+def _truth_videos(setup, frames):
+    """The scenes' renders, uint8 ``[frames, H, W, 3]`` each (the data reference without the mp4 round trip)."""
+    return [render(scene_for_seed(s, setup.spec), setup.spec, frames)[0] for s in setup.seeds]
+
+
 def _truth_sampler(setup, codec):
     """A model stub that 'generates' the rendered ground truth of each scene."""
     def sample(prompts, noise):
-        videos = [render(scene_for_seed(s, setup.spec), setup.spec, noise.shape[1])[0] for s in setup.seeds]
-        pixels = torch.from_numpy(np.stack(videos)).permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0
+        pixels = torch.from_numpy(np.stack(_truth_videos(setup, noise.shape[1]))).permute(0, 1, 4, 2, 3)
+        pixels = pixels.float() / 127.5 - 1.0
         return codec.encode(pixels)
     return sample
 
@@ -122,3 +127,73 @@ def test_table_shows_standard_errors_and_evaluate_checks_comparison_names_first(
     never = lambda prompts, noise: pytest.fail("sampled before the comparison names were checked")  # noqa: E731
     with pytest.raises(ValueError, match=r"evaluate.comparisons: unknown model\(s\) \['nope'\]"):
         ev.evaluate({"truth": (never, 4)}, codec, setup, tmp_path, comparisons=(("truth", "nope"),))
+
+
+def _counting(fn):
+    """``fn`` plus the number of times it was called (``calls[0]``)."""
+    calls = [0]
+
+    def wrapped(*args):
+        calls[0] += 1
+        return fn(*args)
+    return wrapped, calls
+
+
+def test_video_cache_round_trip_is_atomic_and_names_a_foreign_file(tmp_path, monkeypatch):
+    path, key = tmp_path / "videos" / "m.npz", ev.CacheKey("w1", (3, 4), 5)
+    videos = [np.full((5, 4, 6, 3), i, dtype=np.uint8) for i in range(2)]
+    ev.save_videos(path, videos, key)
+    assert ev.read_key(path) == key and ev.differing(key, ev.CacheKey("w2", (3,), 5)) == ["fingerprint", "seeds"]
+    for got, want in zip(ev.load_videos(path), videos):
+        np.testing.assert_array_equal(got, want)
+
+    def interrupted(file, **arrays):
+        file.write(b"trunc")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(ev.np, "savez_compressed", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ev.save_videos(path, videos, ev.CacheKey("w2", (3, 4), 5))
+    assert ev.read_key(path) == key                   # the old cache is whole
+    np.savez(tmp_path / "other.npz", x=np.zeros(1))
+    with pytest.raises(ValueError, match=r"other.npz: not a video cache"):
+        ev.read_key(tmp_path / "other.npz")
+
+
+def test_evaluate_reuses_cached_videos(tmp_path, monkeypatch, capsys):
+    setup, codec = _setup(seeds=(3,), multiples=(1,)), PixelCodec(2)
+    sample, calls = _counting(_truth_sampler(setup, codec))
+    data, data_calls = _counting(_truth_videos)
+    monkeypatch.setattr(ev, "data_videos", data)
+    prints = {"truth": "weights-a", "data": "world-a"}
+    first = ev.evaluate({"truth": (sample, 1)}, codec, setup, tmp_path, fingerprints=prints)
+    second = ev.evaluate({"truth": (sample, 1)}, codec, setup, tmp_path, fingerprints=prints)
+    assert calls[0] == 1 and data_calls[0] == 1
+    assert json.dumps(first, sort_keys=True) == json.dumps(second, sort_keys=True)
+    assert sorted(p.name for p in (tmp_path / "videos").iterdir()) == ["data.npz", "truth.npz"]
+    assert capsys.readouterr().out.count("videos loaded from") == 2
+    with pytest.raises(ValueError, match=r"evaluate fingerprints: unknown model\(s\) \['nope'\]"):
+        ev.evaluate({"truth": (sample, 1)}, codec, setup, tmp_path, fingerprints={"nope": "x"})
+
+
+@pytest.mark.parametrize("change", ["fingerprint", "seeds", "frames"])
+def test_evaluate_regenerates_a_stale_cache(change, tmp_path, monkeypatch, capsys):
+    codec = PixelCodec(2)
+    monkeypatch.setattr(ev, "data_videos", _truth_videos)
+    sample, calls = _counting(_truth_sampler(_setup(seeds=(3,)), codec))
+    ev.evaluate({"truth": (sample, 1)}, codec, _setup(seeds=(3,)), tmp_path, fingerprints={"truth": "weights-a"})
+    weights, seeds, multiple = {"fingerprint": ("weights-b", (3,), 1), "seeds": ("weights-a", (4,), 1),
+                                "frames": ("weights-a", (3,), 4)}[change]
+    capsys.readouterr()
+    ev.evaluate({"truth": (sample, multiple)}, codec, _setup(seeds=seeds), tmp_path, fingerprints={"truth": weights})
+    assert calls[0] == 2
+    assert f"made for another {change}; regenerating" in capsys.readouterr().out
+    assert ev.read_key(tmp_path / "videos" / "truth.npz") == ev.CacheKey(weights, seeds, multiple * 6)
+
+
+def test_evaluate_without_fingerprint_always_generates_and_caches_nothing(tmp_path, monkeypatch):
+    setup, codec = _setup(seeds=(3,), multiples=(1,)), PixelCodec(2)
+    monkeypatch.setattr(ev, "data_videos", _truth_videos)
+    sample, calls = _counting(_truth_sampler(setup, codec))
+    for _ in range(2):
+        ev.evaluate({"truth": (sample, 1)}, codec, setup, tmp_path)
+    assert calls[0] == 2 and not (tmp_path / "videos").exists()

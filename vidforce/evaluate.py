@@ -15,14 +15,20 @@ horizon: *horizon h* reports the metrics of the last teacher-horizon block ``[(h
 metrics (``data.world_metrics``) are per frame against the scene truth; drift metrics
 (``diagnostics.analyze_frames``) per K-frame window. The data reference is the truth rendered for the same
 scenes and sent through the training data path (mp4 at the recipe's quality, decoded by decord).
+
+Generation dominates the cost, so each model's videos are cached in ``OUT/videos/<name>.npz`` with the
+:class:`CacheKey` they were made for (a fingerprint of the weights and sampler settings, the scene seeds, the
+frame count): a rerun loads every model whose key still matches and regenerates only the others.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 import tempfile
 import warnings
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -147,6 +153,65 @@ def data_videos(setup: EvalSetup, frames: int) -> list[np.ndarray]:
             write_mp4(path, video, setup.fps)
             out.append(read_frames(path, np.arange(frames)))
     return out
+
+
+# ---------------------------------------------------------------- video cache
+
+@dataclass(frozen=True)
+class CacheKey:
+    """What cached videos were made for: ``fingerprint`` identifies the model (weights and sampler settings;
+    for the data reference, the world), ``seeds`` the scenes, ``frames`` the length of each video."""
+    fingerprint: str
+    seeds: tuple[int, ...]
+    frames: int
+
+
+def differing(stored: CacheKey, wanted: CacheKey) -> list[str]:
+    """Names of the fields in which ``stored`` and ``wanted`` differ (empty: the cache is usable)."""
+    a, b = asdict(stored), asdict(wanted)
+    return [name for name in a if a[name] != b[name]]
+
+
+def save_videos(path: Path, videos: list[np.ndarray], key: CacheKey) -> None:
+    """Write ``videos`` (S uint8 ``[frames, H, W, 3]``, stored stacked as ``[S, frames, H, W, 3]``) and ``key``
+    to the npz ``path`` atomically (a temp file, then ``os.replace``: an interrupted write leaves no cache)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez_compressed(f, videos=np.stack(videos), fingerprint=np.array(key.fingerprint),
+                            seeds=np.array(key.seeds, dtype=np.int64), frames=np.array(key.frames))
+    os.replace(tmp, path)
+
+
+def read_key(path: Path) -> CacheKey:
+    """The :class:`CacheKey` stored in the npz ``path`` (the videos are not decompressed)."""
+    with np.load(path, allow_pickle=False) as z:
+        missing = {"videos", "fingerprint", "seeds", "frames"} - set(z.files)
+        if missing:
+            raise ValueError(f"{path}: not a video cache (missing {sorted(missing)}); delete it")
+        return CacheKey(str(z["fingerprint"]), tuple(z["seeds"].tolist()), int(z["frames"]))
+
+
+def load_videos(path: Path) -> list[np.ndarray]:
+    """The cached videos of ``path``: S uint8 ``[frames, H, W, 3]``."""
+    with np.load(path, allow_pickle=False) as z:
+        return list(z["videos"])
+
+
+def cached_videos(make: Callable[[], list[np.ndarray]], path: Path, key: CacheKey | None) -> list[np.ndarray]:
+    """``make()``'s videos through the cache ``path``: loaded where it holds ``key``, else made and written
+    (over a stale cache). ``key=None`` (no fingerprint): always made, never cached."""
+    if key is None:
+        return make()
+    if path.is_file():
+        stale = differing(read_key(path), key)
+        if not stale:
+            print(f"[evaluate] {path.stem}: videos loaded from {path}")
+            return load_videos(path)
+        print(f"[evaluate] {path.stem}: {path} was made for another {' / '.join(stale)}; regenerating")
+    videos = make()
+    save_videos(path, videos, key)
+    return videos
 
 
 # ---------------------------------------------------------------- metrics
@@ -288,18 +353,35 @@ def write_report(models: dict[str, dict], videos: dict[str, list[np.ndarray]], s
 
 
 def evaluate(samplers: dict[str, tuple[SampleFn, int]], codec, setup: EvalSetup, out: str | Path,
-             device="cpu", comparisons: tuple[tuple[str, str], ...] = ()) -> dict[str, dict]:
-    """Evaluate ``{name: (sample_fn, horizon multiples it can roll out)}`` plus the data reference; write the
-    report under ``out``; return ``{name: summary}``."""
+             device="cpu", comparisons: tuple[tuple[str, str], ...] = (),
+             fingerprints: dict[str, str] | None = None) -> dict[str, dict]:
+    """Evaluate ``{name: (sample_fn, horizon multiple it rolls out to)}`` plus the data reference ``data``;
+    write the report under ``out``; return ``{name: summary}``.
+
+    ``fingerprints``: ``{name: string identifying the model's weights and sampler settings}`` (for ``data``:
+    the world). A fingerprinted model's videos (S uint8 ``[multiple K, H, W, 3]``) are cached in
+    ``out/videos/<name>.npz`` and reused while fingerprint, ``setup.seeds`` and frame count all match
+    (:func:`cached_videos`); a model without one is generated on every call and not cached."""
     if codec.temporal_factor != 1:
         raise ValueError("mini-world evaluation needs a codec with temporal factor 1 (codec.kind=pixel)")
     check_names(comparisons, {"data", *samplers})       # before minutes of sampling
+    fingerprints = fingerprints or {}
+    unknown = sorted(set(fingerprints) - {"data", *samplers})
+    if unknown:
+        raise ValueError(f"evaluate fingerprints: unknown model(s) {unknown}; models: {['data', *samplers]}")
+    out = Path(out)
     prompts = [prompt_for(scene_for_seed(s, setup.spec)) for s in setup.seeds]
     longest = max(setup.multiples) * setup.horizon
     noise = scene_noise(setup.seeds, longest, setup.latent_shape, device)
-    videos = {"data": data_videos(setup, longest)}
+
+    def cached(name: str, make: Callable[[], list[np.ndarray]], frames: int) -> list[np.ndarray]:
+        key = CacheKey(fingerprints[name], tuple(setup.seeds), frames) if name in fingerprints else None
+        return cached_videos(make, out / "videos" / f"{name}.npz", key)
+
+    videos = {"data": cached("data", partial(data_videos, setup, longest), longest)}
     for name, (sample, multiple) in samplers.items():
-        videos[name] = generate_videos(sample, codec, prompts, noise[:, :multiple * setup.horizon])
+        frames = multiple * setup.horizon
+        videos[name] = cached(name, partial(generate_videos, sample, codec, prompts, noise[:, :frames]), frames)
     models = {name: summarize_model(v, setup) for name, v in videos.items()}
-    write_report(models, videos, setup, Path(out), comparisons)
+    write_report(models, videos, setup, out, comparisons)
     return models

@@ -14,17 +14,20 @@ interrupted training stage resumes from its run's latest checkpoint):
                          same batch, as ``self_forcing_pp`` gets (K-frame rollouts)    -> ``model.safetensors``
 9. ``self_forcing_pp``   extended DMD (rollouts to 4K) from the Self Forcing export     -> ``model.safetensors``
 10. ``evaluate``          1x / 4x / 10x K rollouts, world + drift metrics               -> ``OUT/results/``
+                         (each model's videos cached in ``OUT/results/videos/<model>.npz``: a rerun
+                         regenerates only models whose weights or sampler settings changed)
 
 Settings: ``configs/mini/<stage>.yaml`` (training), ``configs/mini/recipe.yaml`` (data, ODE pairs, evaluation)
 and, with ``--smoke``, ``configs/mini/smoke.yaml`` over both. Exports are the generators' EMA weights.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -162,8 +165,16 @@ def run_ode_pairs(mini: Mini) -> dict:
     return {"num": p["num"], "euler_steps": p["steps"], "guidance_scale": cfg.objective.guidance_scale}
 
 
-def eval_samplers(mini: Mini, cfg, device) -> dict:
-    """Every export loaded in fp32, with its sampler and the horizon multiple it is evaluated to."""
+def fingerprint(path: Path, **settings) -> str:
+    """What makes a model's evaluation videos: the sha256 of its file (the weights; for the data reference,
+    the world spec) and the ``settings`` that shape its videos, as one JSON line (the video cache key)."""
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return json.dumps({"file": path.name, "sha256": digest, **settings}, sort_keys=True)
+
+
+def eval_samplers(mini: Mini, cfg, device) -> tuple[dict, dict[str, str]]:
+    """Every export loaded in fp32 with its sampler and the horizon multiple it is evaluated to
+    (``{name: (sample_fn, multiple)}``), and each one's :func:`fingerprint` (``{name: str}``)."""
     from vidforce import evaluate as ev  # noqa: PLC0415
     from vidforce.models.build import build_generator, build_teacher  # noqa: PLC0415
     from vidforce.rollout import Sampler  # noqa: PLC0415
@@ -171,21 +182,26 @@ def eval_samplers(mini: Mini, cfg, device) -> dict:
     sigmas = ev.euler_sigmas(e["euler_steps"], cfg.schedule.shift)
     teacher = build_teacher(cfg, device, torch.float32)
     teacher_sigmas = ev.euler_sigmas(e["teacher_euler_steps"], cfg.schedule.shift)
-    samplers = {"teacher": (ev.teacher_sampler(teacher, text, cfg.data.negative_prompt, teacher_sigmas,
-                                               cfg.objective.guidance_scale), 1)}
+    guidance, negative = cfg.objective.guidance_scale, cfg.data.negative_prompt
+    samplers = {"teacher": (ev.teacher_sampler(teacher, text, negative, teacher_sigmas, guidance), 1)}
+    prints = {"teacher": fingerprint(mini.artifact("teacher"), euler=teacher_sigmas, guidance=guidance,
+                                     negative=negative, multiple=1)}
     for stage in (s for s in TRAINED if s != "teacher"):
         scfg = stage_config(mini, stage, (f"model.checkpoint={mini.artifact(stage)}",))
-        model = build_generator(scfg, device, torch.float32).eval()
+        model, steps = build_generator(scfg, device, torch.float32).eval(), Sampler.from_config(scfg.schedule)
         if stage in ("teacher_forcing", "diffusion_forcing"):      # not distilled: many-step Euler per chunk
-            sample = ev.euler_causal_sampler(model, text, sigmas, Sampler.from_config(scfg.schedule))
+            sample, settings = ev.euler_causal_sampler(model, text, sigmas, steps), {"euler": sigmas}
         else:
-            sample = ev.few_step_sampler(model, text, Sampler.from_config(scfg.schedule))
+            sample, settings = ev.few_step_sampler(model, text, steps), {"sigmas": steps.sigmas}
         samplers[stage] = (sample, max(e["multiples"]))
-    return samplers
+        prints[stage] = fingerprint(mini.artifact(stage), **settings, context_sigma=steps.context_sigma,
+                                    causal=asdict(scfg.causal), multiple=max(e["multiples"]))
+    return samplers, prints
 
 
 def run_evaluate(mini: Mini) -> dict:
-    """Roll out every export and write the report (:func:`vidforce.evaluate.evaluate`) into ``OUT/results``."""
+    """Roll out every export and write the report (:func:`vidforce.evaluate.evaluate`) into ``OUT/results``;
+    each model's videos are cached in ``OUT/results/videos`` under its :func:`fingerprint`."""
     from vidforce import evaluate as ev  # noqa: PLC0415
     from vidforce.train.dist import pick_device  # noqa: PLC0415
     e, device = mini.recipe["evaluate"], pick_device(mini.device)
@@ -198,8 +214,11 @@ def run_evaluate(mini: Mini) -> dict:
     pairs = tuple(tuple(p) for p in e["comparisons"])
     if any(len(p) != 2 for p in pairs):
         raise ValueError(f"evaluate.comparisons: each entry must be [first, second], got {e['comparisons']}")
-    models = ev.evaluate(eval_samplers(mini, cfg, device), components.codec(cfg, device), setup,
-                         mini.dir("evaluate"), device, pairs)
+    samplers, prints = eval_samplers(mini, cfg, device)
+    prints["data"] = fingerprint(mini.dir("data") / "world_spec.json", fps=setup.fps, seed=e["seed"],
+                                 scenes=e["scenes"])
+    models = ev.evaluate(samplers, components.codec(cfg, device), setup, mini.dir("evaluate"), device, pairs,
+                         prints)
     return {"models": sorted(models), "table": str(mini.dir("evaluate") / "table.md")}
 
 
