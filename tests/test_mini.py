@@ -1,4 +1,6 @@
-"""The mini-world recipe: stage selection, configs of every stage, and the smoke run end to end."""
+"""The mini-world recipe: stage selection, configs of every stage, the smoke run end to end, and
+tools/teacher_sampling.py on that run."""
+import importlib.util
 import json
 
 import pytest
@@ -6,6 +8,13 @@ import pytest
 from vidforce import mini
 
 TRAINED = tuple(mini.TRAINED)
+
+
+def teacher_sampling_tool():
+    spec = importlib.util.spec_from_file_location("teacher_sampling", mini.REPO / "tools" / "teacher_sampling.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
 
 
 def test_parse_stages_orders_and_rejects_unknown():
@@ -71,3 +80,18 @@ def test_smoke_recipe_end_to_end(tmp_path, capsys):
     capsys.readouterr()
     assert mini.main_mini(smoke=True, device="cpu", out=str(tmp_path), stages="teacher,evaluate") == 0
     assert capsys.readouterr().out.count("skipped") == 2
+    # tools/teacher_sampling.py on the finished smoke run: one row per setting, the same scenes for each
+    tool = teacher_sampling_tool()
+    out = tmp_path / "sampling.md"
+    assert tool.main([str(tmp_path), "--smoke", "--scenes", "2", "--guidance", "1", "3", "--steps", "2",
+                      "--out", str(out)]) == 0
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith("`python tools/teacher_sampling.py ") and "--guidance 1 3" in lines[0]
+    rows = [line for line in lines if line.startswith("| 1 |") or line.startswith("| 3 |")]
+    assert len(rows) == 2 and all(row.count(" ± ") == len(tool.ev.WORLD_KEYS) for row in rows)
+
+
+def test_teacher_sampling_without_a_teacher_names_the_file(tmp_path, capsys):
+    tool = teacher_sampling_tool()
+    assert tool.main([str(tmp_path), "--smoke", "--scenes", "2"]) == 2
+    assert str(tmp_path / "teacher" / "model.safetensors") in capsys.readouterr().err

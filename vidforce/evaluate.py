@@ -280,7 +280,8 @@ def _clean(x):
     return x
 
 
-def _cell(value, se=None) -> str:
+def value_cell(value, se=None) -> str:
+    """A table cell: ``value`` to 3 decimals, ``± se`` where finite; ``-`` for a missing or non-finite value."""
     if value is None or not math.isfinite(value):
         return "-"
     return f"{value:.3f}" if se is None or not math.isfinite(se) else f"{value:.3f} ± {se:.3f}"
@@ -294,7 +295,7 @@ def table_markdown(models: dict[str, dict]) -> str:
     for name, res in models.items():
         for h, row in res["horizons"].items():
             se = res.get("se", {}).get(h, {})
-            cells = [_cell(row[k], se.get(k)) for k in keys]
+            cells = [value_cell(row[k], se.get(k)) for k in keys]
             lines.append(f"| {name} | {h}x | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -199,6 +199,17 @@ def eval_samplers(mini: Mini, cfg, device) -> tuple[dict, dict[str, str]]:
     return samplers, prints
 
 
+def eval_setup(mini: Mini, cfg, scenes: int):
+    """The evaluation's :class:`vidforce.evaluate.EvalSetup`: ``scenes`` held-out scenes from ``evaluate.seed``,
+    the horizon and chunking of ``cfg`` (a causal stage's config)."""
+    from vidforce import evaluate as ev  # noqa: PLC0415
+    e = mini.recipe["evaluate"]
+    return ev.EvalSetup(load_spec(mini.dir("data") / "world_spec.json"), tuple(e["seed"] + i for i in range(scenes)),
+                        cfg.rollout.num_frames, cfg.causal.frames_per_chunk, cfg.data.fps, tuple(e["multiples"]),
+                        (cfg.model.in_dim, cfg.data.latent_height, cfg.data.latent_width),
+                        e["strip_scenes"], e["strip_frames"])
+
+
 def run_evaluate(mini: Mini) -> dict:
     """Roll out every export and write the report (:func:`vidforce.evaluate.evaluate`) into ``OUT/results``;
     each model's videos are cached in ``OUT/results/videos`` under its :func:`fingerprint`."""
@@ -206,11 +217,7 @@ def run_evaluate(mini: Mini) -> dict:
     from vidforce.train.dist import pick_device  # noqa: PLC0415
     e, device = mini.recipe["evaluate"], pick_device(mini.device)
     cfg = stage_config(mini, "self_forcing")
-    setup = ev.EvalSetup(load_spec(mini.dir("data") / "world_spec.json"),
-                         tuple(e["seed"] + i for i in range(e["scenes"])), cfg.rollout.num_frames,
-                         cfg.causal.frames_per_chunk, cfg.data.fps, tuple(e["multiples"]),
-                         (cfg.model.in_dim, cfg.data.latent_height, cfg.data.latent_width),
-                         e["strip_scenes"], e["strip_frames"])
+    setup = eval_setup(mini, cfg, e["scenes"])
     pairs = tuple(tuple(p) for p in e["comparisons"])
     if any(len(p) != 2 for p in pairs):
         raise ValueError(f"evaluate.comparisons: each entry must be [first, second], got {e['comparisons']}")

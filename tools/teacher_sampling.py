@@ -1,0 +1,98 @@
+"""The mini-world teacher under different sampling settings: world metrics at 1x K per CFG scale, Euler step
+count and shift.
+
+    python tools/teacher_sampling.py RUN [--smoke] [--device cpu|cuda] [--guidance 1 2 3] [--steps 40]
+        [--shift 3] [--scenes 32] [--out FILE.md]
+
+RUN is a ``vidforce mini`` output directory with a finished teacher (``--smoke``: a smoke run). Every setting
+(the product of ``--guidance``, ``--steps`` and ``--shift``) samples the same held-out scenes with the same
+noise as the evaluation (recipe ``evaluate.seed``), so rows differ only by the setting. Prints a markdown table
+(mean ± standard error over scenes) and writes it to ``--out`` with the command that made it.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from vidforce import components  # noqa: E402
+from vidforce import evaluate as ev  # noqa: E402
+from vidforce.data.mini_world import prompt_for, scene_for_seed  # noqa: E402
+from vidforce.mini import eval_setup, load_mini, stage_config  # noqa: E402
+from vidforce.models.build import build_teacher  # noqa: E402
+from vidforce.train.dist import pick_device  # noqa: E402
+
+COLUMNS = ("guidance", "steps", "shift", *ev.WORLD_KEYS)
+
+
+def sweep(run_dir: str, smoke: bool, device: str, guidance: list[float], steps: list[int], shifts: list[float],
+          scenes: int) -> list[dict]:
+    """One row per setting: ``{guidance, steps, shift, <world key>: (mean, se), seconds}`` at 1x K."""
+    mini = load_mini(smoke, device, run_dir)
+    if not (mini.artifact("teacher").is_file() and (mini.dir("data") / "world_spec.json").is_file()):
+        raise FileNotFoundError(f"{run_dir}: needs a finished teacher and data stage "
+                                f"({mini.artifact('teacher')}, {mini.dir('data') / 'world_spec.json'})")
+    dev = pick_device(device)
+    cfg = stage_config(mini, "self_forcing")           # its teacher.checkpoint is the teacher export
+    setup = eval_setup(mini, cfg, scenes)
+    teacher = build_teacher(cfg, dev, torch.float32)
+    text, codec = components.text_encoder(cfg, dev), components.codec(cfg, dev)
+    prompts = [prompt_for(scene_for_seed(s, setup.spec)) for s in setup.seeds]
+    noise = ev.scene_noise(setup.seeds, setup.horizon, setup.latent_shape, dev)
+    rows = []
+    for g, n, shift in itertools.product(guidance, steps, shifts):
+        t0 = time.perf_counter()
+        sample = ev.teacher_sampler(teacher, text, cfg.data.negative_prompt, ev.euler_sigmas(n, shift), g)
+        summary = ev.summarize_model(ev.generate_videos(sample, codec, prompts, noise), setup)
+        mean, se = summary["horizons"]["1"], summary["se"]["1"]
+        rows.append({"guidance": g, "steps": n, "shift": shift, **{k: (mean[k], se[k]) for k in ev.WORLD_KEYS},
+                     "seconds": time.perf_counter() - t0})
+        print(f"[teacher_sampling] guidance {g} steps {n} shift {shift}: count_accuracy "
+              f"{mean['count_accuracy']:.3f} ({rows[-1]['seconds']:.0f} s)", flush=True)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown table of :func:`sweep`'s rows."""
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for r in rows:
+        cells = [f"{r['guidance']:g}", str(r["steps"]), f"{r['shift']:g}"]
+        cells += [ev.value_cell(*r[k]) for k in ev.WORLD_KEYS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("run", help="a vidforce mini output directory with a finished teacher")
+    p.add_argument("--smoke", action="store_true", help="RUN is a --smoke run (its configs)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--guidance", type=float, nargs="+", default=[2.0])
+    p.add_argument("--steps", type=int, nargs="+", default=[40])
+    p.add_argument("--shift", type=float, nargs="+", default=[3.0])
+    p.add_argument("--scenes", type=int, default=32)
+    p.add_argument("--out", default=None, help="write the table (and this command) to this markdown file")
+    args = p.parse_args(argv)
+    if args.scenes < 2:
+        p.error(f"--scenes must be >= 2 (standard errors), got {args.scenes}")
+    try:
+        rows = sweep(args.run, args.smoke, args.device, args.guidance, args.steps, args.shift, args.scenes)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"teacher_sampling: error: {err}", file=sys.stderr)
+        return 2
+    text = table(rows)
+    print(text)
+    if args.out:
+        command = "python tools/teacher_sampling.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+        Path(args.out).write_text(f"`{command}`\n\n{text}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
