@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import statistics
 import time
 from datetime import datetime, timezone
@@ -156,6 +157,13 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     lines += ["| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def write_markdown(path: str | Path, tool: str, argv: list[str], text: str) -> Path:
+    """Write ``text`` to the markdown file ``path`` under the command that made it (``python TOOL ARGV``)."""
+    path = Path(path)
+    path.write_text(f"`python {tool} {shlex.join(argv)}`\n\n{text}")
+    return path
 
 
 def dump_json(out_dir: str | Path, name: str, payload: dict[str, Any]) -> Path:

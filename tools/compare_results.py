@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tools.bench_common import write_markdown  # noqa: E402
 from vidforce.comparisons import comparison_markdown  # noqa: E402
 from vidforce.evaluate import WORLD_KEYS  # noqa: E402
 
@@ -73,8 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(table)
     if args.out:
-        command = "python tools/compare_results.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-        Path(args.out).write_text(f"`{command}`\n\n{table}")
+        write_markdown(args.out, "tools/compare_results.py", argv if argv is not None else sys.argv[1:], table)
     return 0
 
 

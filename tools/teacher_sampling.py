@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -21,9 +20,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tools.bench_common import write_markdown  # noqa: E402
 from vidforce import components  # noqa: E402
 from vidforce import evaluate as ev  # noqa: E402
-from vidforce.data.mini_world import prompt_for, scene_for_seed  # noqa: E402
 from vidforce.mini import eval_setup, load_mini, stage_config  # noqa: E402
 from vidforce.models.build import build_teacher  # noqa: E402
 from vidforce.train.dist import pick_device  # noqa: E402
@@ -43,7 +42,7 @@ def sweep(run_dir: str, smoke: bool, device: str, guidance: list[float], steps: 
     setup = eval_setup(mini, cfg, scenes)
     teacher = build_teacher(cfg, dev, torch.float32)
     text, codec = components.text_encoder(cfg, dev), components.codec(cfg, dev)
-    prompts = [prompt_for(scene_for_seed(s, setup.spec)) for s in setup.seeds]
+    prompts = ev.scene_prompts(setup)
     noise = ev.scene_noise(setup.seeds, setup.horizon, setup.latent_shape, dev)
     rows = []
     for g, n, shift in itertools.product(guidance, steps, shifts):
@@ -89,8 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     text = table(rows)
     print(text)
     if args.out:
-        command = "python tools/teacher_sampling.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-        Path(args.out).write_text(f"`{command}`\n\n{text}")
+        write_markdown(args.out, "tools/teacher_sampling.py", argv if argv is not None else sys.argv[1:], text)
     return 0
 
 

@@ -131,6 +131,11 @@ def euler_causal_sampler(model, text, sigmas, context: Sampler) -> SampleFn:
     return sample
 
 
+def scene_prompts(setup: EvalSetup) -> list[str]:
+    """The prompt of each evaluation scene (``setup.seeds`` order)."""
+    return [prompt_for(scene_for_seed(s, setup.spec)) for s in setup.seeds]
+
+
 def scene_noise(seeds: tuple[int, ...], frames: int, latent_shape: tuple[int, int, int], device) -> Tensor:
     """Noise ``[S, frames, C, h, w]``: scene i's from its own seed (same for every model and batch)."""
     rows = [torch.randn((frames, *latent_shape), generator=torch.Generator().manual_seed(s)) for s in seeds]
@@ -342,7 +347,7 @@ def write_report(models: dict[str, dict], videos: dict[str, list[np.ndarray]], s
     out.mkdir(parents=True, exist_ok=True)
     meta = asdict(setup)
     meta["spec"] = asdict(setup.spec)
-    meta["prompts"] = [prompt_for(scene_for_seed(s, setup.spec)) for s in setup.seeds]
+    meta["prompts"] = scene_prompts(setup)
     (out / "results.json").write_text(json.dumps(_clean({"setup": meta, "models": models}), indent=1) + "\n")
     (out / "table.md").write_text(table_markdown(models))
     if comparisons:
@@ -371,7 +376,7 @@ def evaluate(samplers: dict[str, tuple[SampleFn, int]], codec, setup: EvalSetup,
     if unknown:
         raise ValueError(f"evaluate fingerprints: unknown model(s) {unknown}; models: {['data', *samplers]}")
     out = Path(out)
-    prompts = [prompt_for(scene_for_seed(s, setup.spec)) for s in setup.seeds]
+    prompts = scene_prompts(setup)
     longest = max(setup.multiples) * setup.horizon
     noise = scene_noise(setup.seeds, longest, setup.latent_shape, device)
 
