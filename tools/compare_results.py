@@ -5,7 +5,7 @@
 
 Each ``--model LABEL=FILE:MODEL`` names a model of an evaluation's ``results.json`` (``vidforce mini --stages
 evaluate``); each ``--pair FIRST SECOND`` adds the per-scene paired advantage of FIRST over SECOND
-(``vidforce.comparisons``, the table of ``comparisons.md``). The evaluations must share their setup (world,
+(``vidforce.recipes.comparisons``, the table of ``comparisons.md``). The evaluations must share their setup (world,
 scene seeds, horizon, chunk, fps), so that every model saw the same scenes and the same noise; a mismatch is
 an error naming both files and the field.
 """
@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tools.bench_common import write_markdown  # noqa: E402
-from vidforce.comparisons import comparison_markdown  # noqa: E402
-from vidforce.evaluate import WORLD_KEYS  # noqa: E402
+from vidforce.recipes.comparisons import comparison_markdown  # noqa: E402
+from vidforce.recipes.evaluate import WORLD_KEYS  # noqa: E402
 
 SHARED = ("spec", "seeds", "horizon", "chunk", "fps")     # what makes two evaluations' scenes and noise equal
 

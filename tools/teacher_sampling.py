@@ -22,8 +22,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tools.bench_common import write_markdown  # noqa: E402
 from vidforce import components  # noqa: E402
-from vidforce import evaluate as ev  # noqa: E402
-from vidforce.mini import eval_setup, load_mini, stage_config  # noqa: E402
+from vidforce.recipes import evaluate as ev  # noqa: E402
+from vidforce.recipes.mini import eval_setup, load_mini, stage_config  # noqa: E402
 from vidforce.models.build import build_teacher  # noqa: E402
 from vidforce.train.dist import pick_device  # noqa: E402
 

@@ -70,7 +70,7 @@ def _dispatch(args) -> int:
         from vidforce.models.loading import main_convert  # noqa: PLC0415
         return main_convert(args.args)
     elif args.command == "mini":
-        from vidforce.mini import main_mini  # noqa: PLC0415
+        from vidforce.recipes.mini import main_mini  # noqa: PLC0415
         return main_mini(args.smoke, args.device, args.out, args.stages)
     else:
         raise ValueError(f"unknown command {args.command!r}")

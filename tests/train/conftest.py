@@ -5,7 +5,7 @@ import pytest
 
 from vidforce.config import load
 from vidforce.data import WorldSpec, export_mini_world
-from vidforce.ode_pairs import make_ode_pairs
+from vidforce.recipes.ode_pairs import make_ode_pairs
 
 from tests.train.helpers import PROMPTS, ROOT
 

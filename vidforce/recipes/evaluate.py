@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vidforce.comparisons import check_names, comparison_markdown, standard_error
+from vidforce.recipes.comparisons import check_names, comparison_markdown, standard_error
 from vidforce.data.mini_world import WorldSpec, prompt_for, render, scene_for_seed, write_mp4
 from vidforce.data.video import read_frames
 from vidforce.data.world_metrics import world_metrics
@@ -343,7 +343,7 @@ def write_strip(videos: list[np.ndarray], setup: EvalSetup, path: Path, scale: i
 def write_report(models: dict[str, dict], videos: dict[str, list[np.ndarray]], setup: EvalSetup,
                  out: Path, comparisons: tuple[tuple[str, str], ...] = ()) -> Path:
     """``results.json``, ``table.md``, ``curves.png``, ``strip_<model>.png`` and, for ``comparisons`` (pairs
-    of model names), ``comparisons.md`` (paired per-scene advantages, :mod:`vidforce.comparisons`) in ``out``."""
+    of model names), ``comparisons.md`` (paired per-scene advantages, :mod:`vidforce.recipes.comparisons`) in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     meta = asdict(setup)
     meta["spec"] = asdict(setup.spec)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from vidforce import evaluate as ev
+from vidforce.recipes import evaluate as ev
 from vidforce.data.mini_world import WorldSpec, render, scene_for_seed
 from vidforce.models.codecs.pixel import PixelCodec
 from vidforce.models.text import TinyTextEncoder

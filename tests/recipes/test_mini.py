@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from vidforce import mini
+from vidforce.recipes import mini
 
 TRAINED = tuple(mini.TRAINED)
 

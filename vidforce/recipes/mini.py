@@ -37,7 +37,7 @@ from omegaconf.errors import OmegaConfBaseException
 from vidforce import components, config
 from vidforce.data.mini_world import WorldSpec, export_mini_world, load_spec, save_spec
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO / "configs" / "mini"
 STAGES = ("data", "teacher", "ode_pairs", "ode_init", "teacher_forcing", "diffusion_forcing", "self_forcing",
           "self_forcing_more", "self_forcing_pp", "evaluate")
@@ -158,7 +158,7 @@ def run_training(mini: Mini, stage: str) -> dict:
 
 def run_ode_pairs(mini: Mini) -> dict:
     """Teacher trajectories for ODE init, with the ODE-init stage's schedule and horizon."""
-    from vidforce.ode_pairs import make_ode_pairs  # noqa: PLC0415 (builds models: only this stage needs it)
+    from vidforce.recipes.ode_pairs import make_ode_pairs  # noqa: PLC0415 (builds models: only this stage needs it)
     p = mini.recipe["ode_pairs"]
     cfg = stage_config(mini, "ode_init", (f"teacher.checkpoint={mini.artifact('teacher')}",))
     make_ode_pairs(cfg, mini.artifact("ode_pairs"), p["num"], p["steps"], p["batch"], p["seed"])
@@ -175,7 +175,7 @@ def fingerprint(path: Path, **settings) -> str:
 def eval_samplers(mini: Mini, cfg, device) -> tuple[dict, dict[str, str]]:
     """Every export loaded in fp32 with its sampler and the horizon multiple it is evaluated to
     (``{name: (sample_fn, multiple)}``), and each one's :func:`fingerprint` (``{name: str}``)."""
-    from vidforce import evaluate as ev  # noqa: PLC0415
+    from vidforce.recipes import evaluate as ev  # noqa: PLC0415
     from vidforce.models.build import build_generator, build_teacher  # noqa: PLC0415
     from vidforce.rollout import Sampler  # noqa: PLC0415
     e, text = mini.recipe["evaluate"], components.text_encoder(cfg, device)
@@ -200,9 +200,9 @@ def eval_samplers(mini: Mini, cfg, device) -> tuple[dict, dict[str, str]]:
 
 
 def eval_setup(mini: Mini, cfg, scenes: int):
-    """The evaluation's :class:`vidforce.evaluate.EvalSetup`: ``scenes`` held-out scenes from ``evaluate.seed``,
+    """The evaluation's :class:`vidforce.recipes.evaluate.EvalSetup`: ``scenes`` held-out scenes from ``evaluate.seed``,
     the horizon and chunking of ``cfg`` (a causal stage's config)."""
-    from vidforce import evaluate as ev  # noqa: PLC0415
+    from vidforce.recipes import evaluate as ev  # noqa: PLC0415
     e = mini.recipe["evaluate"]
     return ev.EvalSetup(load_spec(mini.dir("data") / "world_spec.json"), tuple(e["seed"] + i for i in range(scenes)),
                         cfg.rollout.num_frames, cfg.causal.frames_per_chunk, cfg.data.fps, tuple(e["multiples"]),
@@ -211,9 +211,9 @@ def eval_setup(mini: Mini, cfg, scenes: int):
 
 
 def run_evaluate(mini: Mini) -> dict:
-    """Roll out every export and write the report (:func:`vidforce.evaluate.evaluate`) into ``OUT/results``;
+    """Roll out every export and write the report (:func:`vidforce.recipes.evaluate.evaluate`) into ``OUT/results``;
     each model's videos are cached in ``OUT/results/videos`` under its :func:`fingerprint`."""
-    from vidforce import evaluate as ev  # noqa: PLC0415
+    from vidforce.recipes import evaluate as ev  # noqa: PLC0415
     from vidforce.train.dist import pick_device  # noqa: PLC0415
     e, device = mini.recipe["evaluate"], pick_device(mini.device)
     cfg = stage_config(mini, "self_forcing")

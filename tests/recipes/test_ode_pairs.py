@@ -1,4 +1,4 @@
-"""vidforce/ode_pairs.py (tools/make_ode_pairs.py): the Euler grid, exact integration of a known flow, the written file."""
+"""vidforce/recipes/ode_pairs.py (tools/make_ode_pairs.py): the Euler grid, exact integration of a known flow, the written file."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from vidforce import ode_pairs as ode
+from vidforce.recipes import ode_pairs as ode
 
 from tests.train.helpers import ROOT
 SIGMAS = (1.0, 0.9375, 0.8333333333333334, 0.625)

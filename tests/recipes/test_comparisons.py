@@ -1,4 +1,4 @@
-"""vidforce/comparisons.py: standard errors, the orientation of advantages, paired tables, bad names."""
+"""vidforce/recipes/comparisons.py: standard errors, the orientation of advantages, paired tables, bad names."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from vidforce import comparisons as cmp
+from vidforce.recipes import comparisons as cmp
 
 
 def test_standard_error_known_value_and_nan_handling():
