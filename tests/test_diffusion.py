@@ -32,9 +32,10 @@ def test_shift_sigma_monotone_and_direction(shift):
     assert (inner > 0).all() if shift > 1 else (inner < 0).all()   # shift > 1 spends more time at high noise
 
 
-def test_sigma_from_t():
-    t = torch.tensor([[0, 250], [500, 1000]])
-    assert torch.equal(D.sigma_from_t(t), torch.tensor([[0.0, 0.25], [0.5, 1.0]]))
+def test_t_from_sigma():
+    s = torch.tensor([[0.0, 0.25], [0.5, 1.0]])
+    assert torch.equal(D.t_from_sigma(s), torch.tensor([[0.0, 250.0], [500.0, 1000.0]]))
+    assert D.t_from_sigma(0.9375) == 937.5 and isinstance(D.t_from_sigma(0.9375), float)
 
 
 def _random_triplet(seed=0):
@@ -51,8 +52,6 @@ def test_conversions_invert_each_other_with_per_frame_sigmas():
     v = D.flow_target(x0, eps)
     assert torch.allclose(D.x0_from_flow(x_t, v, s), x0, atol=1e-12)
     assert torch.allclose(D.eps_from_flow(x_t, v, s), eps, atol=1e-12)
-    assert torch.allclose(D.flow_from_x0(x_t, x0, s), v, atol=1e-10)
-    assert torch.allclose(D.x0_from_flow(x_t, D.flow_from_x0(x_t, x0, s), s), x0, atol=1e-10)
 
 
 def test_add_noise_is_per_frame():
@@ -76,6 +75,34 @@ def test_cfg_endpoints_and_extrapolation():
     assert torch.allclose(D.cfg(u, c, 1.0), c, rtol=0, atol=1e-6)       # g = 1: unguided (cond)
     assert torch.equal(D.cfg(u, c, 0.0), u)
     assert torch.allclose(D.cfg(u, c, 3.0), u + 3 * (c - u))
+
+
+def test_cfg_conventions_closed_forms():
+    """``cond``: c + g (c - u) (Self Forcing's code) equals ``uncond`` at g + 1; g = 0 is unguided there."""
+    g = torch.Generator().manual_seed(1)
+    u, c = torch.randn(3, 4, generator=g, dtype=torch.float64), torch.randn(3, 4, generator=g, dtype=torch.float64)
+    assert torch.allclose(D.cfg(u, c, 3.0, "cond"), c + 3 * (c - u))
+    assert torch.allclose(D.cfg(u, c, 3.0, "cond"), D.cfg(u, c, 4.0, "uncond"))
+    assert torch.equal(D.cfg(u, c, 0.0, "cond"), c)
+    with pytest.raises(ValueError, match="convention"):
+        D.cfg(u, c, 3.0, "both")
+
+
+def test_sample_train_sigma_clamp_rule_distribution():
+    """Self Forcing's DMD rule with shift 5, [0.02, 0.98]: t uniform over the 1000 integers, shifted, clamped.
+    Closed forms: P(sigma = 0.98) = P(t >= 908) = 0.092 (shift_sigma(t / 1000) >= 0.98 iff t / 1000 >= 0.98 /
+    1.08 = 0.9074); P(sigma < 0.093) = P(t <= 20) = 0.021; P(sigma = 0.02) = P(t <= 4) = 0.005."""
+    g = torch.Generator().manual_seed(0)
+    s = D.sample_train_sigma((400_000,), 5.0, 0.02, 0.98, generator=g, rule="clamp")
+    assert s.min() == pytest.approx(0.02) and s.max() == pytest.approx(0.98)
+    frac = lambda m: float(m.double().mean())  # noqa: E731
+    assert frac(s >= 0.98 - 1e-6) == pytest.approx(0.092, abs=0.003)
+    assert frac(s < 0.093) == pytest.approx(0.021, abs=0.002)
+    assert frac(s <= 0.02 + 1e-7) == pytest.approx(0.005, abs=0.001)
+    median = D.shift_sigma(0.5, 5.0)                          # t = 500 at the median
+    assert float(s.median()) == pytest.approx(median, abs=0.005)
+    old = D.sample_train_sigma((400_000,), 5.0, 0.02, 0.98, generator=g)       # the range rule never gets there
+    assert old.min() > D.shift_sigma(0.02, 5.0) - 1e-6 and frac(s < D.shift_sigma(0.02, 5.0) - 1e-6) > 0.015
 
 
 def test_sample_train_sigma_range_is_shifted_bounds():
@@ -108,6 +135,7 @@ def test_renoise_uses_fresh_noise_at_the_next_sigma():
     (lambda: D.warp_steps([-1], 5.0), "schedule.denoising_steps"),
     (lambda: D.sample_train_sigma((2,), 5.0, 0.5, 0.5), "min_step"),
     (lambda: D.sample_train_sigma((2,), 5.0, 0.1, 1.5), "max_step"),
+    (lambda: D.sample_train_sigma((2,), 5.0, 0.1, 0.9, rule="beta"), "schedule.time_sampling"),
 ])
 def test_bad_inputs_name_the_field(call, field):
     with pytest.raises(ValueError, match=field):

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from vidforce.config import RolloutConfig
-from vidforce.rollout import Sampler, chunk_step, draw_plan, rollout
+from vidforce.rollout import draw_plan, rollout
+from vidforce.sampling import Sampler
 from tests.models.helpers import inputs, tiny_causal
 
 SAMPLER = Sampler((1.0, 0.9375, 0.8333, 0.625), 0.0)
@@ -61,16 +62,75 @@ def test_no_grad_prefix_and_window():
     assert max(s for s, *_ in calls) == 9                # stops at the window's end
 
 
-def test_streaming_step_equals_training_rollout_without_grad():
-    model = tiny_causal(window=6, sink=0)
+@pytest.mark.parametrize("mode", ["detach", "exit_step"])
+def test_cache_grad_rules(mode):
+    """``detach``: a later chunk's loss has no gradient w.r.t. an earlier chunk's noise; ``exit_step`` (public
+    Self-Forcing code): it has, through the exit-step K/V kept in the cache. The forward values are equal."""
+    model = tiny_causal()
+    x, _, ctx = inputs(model, batch=1, frames=9)
+    noise = x.clone().requires_grad_(True)
+    kv = model.text_kv(ctx)
+    out = rollout(model, noise, kv, SAMPLER, exit_index=0, cache_grad=mode)
+    g = torch.autograd.grad(out[:, 6:].square().sum(), noise)[0]
+    with torch.no_grad():
+        ref = rollout(model, x, kv, SAMPLER, exit_index=0)
+    torch.testing.assert_close(out.detach(), ref)
+    if mode == "detach":
+        assert g[:, :6].abs().max() == 0
+    else:
+        assert g[:, :3].abs().max() > 0 and g[:, 3:6].abs().max() > 0
+
+
+def test_cache_grad_rules_agree_on_the_first_chunk_and_differ_later():
+    """Parameter gradients of the first chunk's loss are the same under both rules; of the whole rollout's
+    loss they differ (later chunks reach earlier exit steps only under ``exit_step``)."""
+    model = tiny_causal()
+    x, _, ctx = inputs(model, batch=1, frames=9)
+
+    def grads(mode, frames):
+        model.zero_grad()
+        rng = torch.Generator().manual_seed(0)          # the same re-noising in both runs
+        out = rollout(model, x, model.text_kv(ctx), SAMPLER, exit_index=1, cache_grad=mode, generator=rng)
+        out[:, :frames].square().sum().backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    torch.testing.assert_close(grads("detach", 3), grads("exit_step", 3))
+    a, b = grads("detach", 9), grads("exit_step", 9)
+    cosine = torch.nn.functional.cosine_similarity(a, b, dim=0)
+    assert cosine < 0.9999
+
+
+def test_edit_replaces_a_chunk_before_it_is_committed():
+    """An edit of chunk 1 is returned for chunk 1 and seen by chunk 2 through the cache; chunk 0 is unchanged."""
+    model = tiny_causal()
     x, _, ctx = inputs(model, batch=1, frames=9)
     kv = model.text_kv(ctx)
-    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     with torch.no_grad():
-        ref = rollout(model, x, kv, SAMPLER, 3, generator=g1)
-        cache = model.new_cache(1, 4, 4, 9, "cpu", torch.float32)
-        outs = [chunk_step(model, x[:, s:s + 3], cache, s, kv, SAMPLER, 3, False, g2) for s in (0, 3, 6)]
-    assert torch.equal(ref, torch.cat(outs, 1))
+        ref = rollout(model, x, kv, SAMPLER, 3, generator=torch.Generator().manual_seed(0))
+        out = rollout(model, x, kv, SAMPLER, 3, generator=torch.Generator().manual_seed(0),
+                      edit=lambda start, x0: x0 + 5.0 if start == 3 else x0)
+    torch.testing.assert_close(out[:, :3], ref[:, :3], rtol=0, atol=0)
+    torch.testing.assert_close(out[:, 3:6], ref[:, 3:6] + 5.0)
+    assert (out[:, 6:] - ref[:, 6:]).abs().max() > 1e-3
+
+
+def test_unknown_cache_grad_is_named():
+    model = tiny_causal()
+    x, _, ctx = inputs(model, batch=1, frames=3)
+    with pytest.raises(ValueError, match="rollout.cache_grad"):
+        rollout(model, x, model.text_kv(ctx), SAMPLER, 0, cache_grad="keep")
+
+
+def test_fixed_long_rollout_window_starts_cover_every_chunk_position():
+    """Self-Forcing++ with a fixed N: the window start is uniform over all (N - K) / chunk + 1 positions."""
+    rng = torch.Generator().manual_seed(0)
+    cfg = RolloutConfig(num_frames=6, long_frames=30, long_sampling="fixed")
+    counts = torch.zeros(9)
+    for _ in range(3600):
+        counts[draw_plan(cfg, 4, 3, rng).window_start // 3] += 1
+    assert counts.min() > 0
+    expected = 3600 / 9
+    assert ((counts - expected).abs() < 5 * expected ** 0.5).all()     # every position within 5 sd of uniform
 
 
 def test_draw_plan_choices():

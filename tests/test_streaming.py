@@ -13,9 +13,10 @@ import torch
 
 from vidforce import components, config
 from vidforce.models.build import build_generator
-from vidforce.rollout import Sampler
+from vidforce.rollout import rollout
+from vidforce.sampling import Sampler, refresh_cache
 from vidforce.streaming import Streamer, switch_frames
-from vidforce.video_io import Mp4Writer
+from vidforce.video_io import Mp4Writer, to_uint8_frames
 
 OVERRIDES = ["causal.window=6", "causal.sink=0", "data.latent_height=8", "data.latent_width=8", "train.device=cpu",
              "train.precision=fp32", "schedule.denoising_steps=[1000,500]", "data.fps=8", "logging.progress=false"]
@@ -37,7 +38,7 @@ def test_streams_past_the_window_with_flat_state(tmp_path):
         for i, chunk in enumerate(s.frames(24, [(0, "a red circle on a grey background")])):   # 4x the window
             w.append(chunk)
             frames += len(chunk)
-            state.append(s.state_bytes())
+            state.append(_state_bytes(s))
             if i == 5:                                      # 18 frames in: fragments are on disk already
                 mid = _wait_for_size(out, 1)
     assert frames == 24 and s.stats.chunks == 8
@@ -46,6 +47,11 @@ def test_streams_past_the_window_with_flat_state(tmp_path):
     assert len(s.kept) <= cfg.causal.window
     video = iio.imread(out)
     assert video.shape[0] == 24 and video.shape[1:] == (16, 16, 3)
+
+
+def _state_bytes(s: Streamer) -> int:
+    """Bytes held across chunks: the KV cache buffers and the kept latents."""
+    return sum(t.numel() * t.element_size() for t in s.cache.k + s.cache.v + list(s.kept.values()))
 
 
 def _wait_for_size(path: Path, at_least: int, timeout: float = 10.0) -> int:
@@ -123,3 +129,42 @@ def test_generate_rejects_bad_input_before_heavy_work(tmp_path, argv, message, c
             del base[i:i + 2]
     assert main(base + argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_streamer_equals_rollout_on_the_same_noise():
+    """The streamed frames are the decoded ``rollout`` (exit at the last step) of the same noise: a one-step
+    sampler with a clean refresh draws nothing but each chunk's noise, so the two see the same noise."""
+    cfg = config.load(None, OVERRIDES + ["schedule.denoising_steps=[1000]"])
+    s = _streamer(cfg, seed=5)
+    streamed = np.concatenate(list(s.frames(12, [(0, "a red circle")])))
+    rng = torch.Generator().manual_seed(5)
+    noise = torch.cat([torch.randn((1, 3, s.model.arch.in_dim, 8, 8), generator=rng) for _ in range(4)], dim=1)
+    with torch.no_grad():
+        kv = s.model.text_kv(s.text.encode(["a red circle"]))
+        latents = rollout(s.model, noise, kv, s.sampler, s.sampler.last)
+    assert np.array_equal(streamed, to_uint8_frames(s.codec.decode(latents)[0]))
+
+
+def test_recache_is_the_refresh_pass_with_context_noise():
+    """With context_noise > 0 a prompt switch re-commits each kept chunk exactly as ``refresh_cache`` does:
+    re-noised with the streamer's generator to context_sigma (not the clean latents)."""
+    cfg = config.load(None, OVERRIDES + ["schedule.context_noise=100"])
+    s = _streamer(cfg)
+    it = s.frames(12, [(0, "a red circle"), (6, "a blue square")])
+    next(it), next(it)
+    kept = torch.cat([s.kept[f] for f in sorted(s.kept)], dim=1)
+    state = s.rng.get_state()
+    text_kv = s._text_kv("a blue square")
+    s._recache(text_kv)
+    got = [k.clone() for k in s.cache.k]
+    s.rng.set_state(state)
+    ref = s.model.new_cache(1, 8, 8, 12, "cpu", torch.float32)
+    for start in range(0, kept.shape[1], 3):
+        refresh_cache(s.model, kept[:, start:start + 3], ref, start, text_kv, s.sampler, s.rng)
+    for a, b in zip(got, ref.k):
+        torch.testing.assert_close(a[:, :, :6], b[:, :, :6], rtol=0, atol=0)
+    s.rng.set_state(state)
+    clean = s.model.new_cache(1, 8, 8, 12, "cpu", torch.float32)
+    for start in range(0, kept.shape[1], 3):
+        refresh_cache(s.model, kept[:, start:start + 3], clean, start, text_kv, Sampler(s.sampler.sigmas, 0.0))
+    assert not torch.allclose(got[1][:, :, :6], clean.k[1][:, :, :6])

@@ -24,7 +24,8 @@ from vidforce import config  # noqa: E402
 from vidforce.models.causal import CausalWan  # noqa: E402
 from vidforce.models.wan import WanModel  # noqa: E402
 from vidforce.objectives import Batch, Nets, StepContext, build  # noqa: E402
-from vidforce.rollout import RolloutPlan, Sampler  # noqa: E402
+from vidforce.rollout import RolloutPlan  # noqa: E402
+from vidforce.sampling import Sampler  # noqa: E402
 
 
 def nets(cfg, device, dtype):

@@ -23,7 +23,7 @@ from tools.bench_common import dump_json, env_info, markdown_table  # noqa: E402
 from vidforce.config import MODEL_PRESETS, ModelConfig, arch_of  # noqa: E402
 from vidforce.models.causal import CausalWan  # noqa: E402
 from vidforce.models.codecs.wan_vae import WanVAE  # noqa: E402
-from vidforce.rollout import Sampler  # noqa: E402
+from vidforce.sampling import Sampler  # noqa: E402
 from vidforce.streaming import Streamer  # noqa: E402
 
 

@@ -7,11 +7,11 @@ folder), Self-Forcing / CausVid training ``.pt`` (``--checkpoint-key generator_e
     python tools/convert_checkpoint.py wan_models/Wan2.1-T2V-14B out/wan14b.safetensors --to diffusers \\
         --dtype bf16 --max-shard-size 5GB
 
-Same as ``vidforce convert``; the work is done by ``vidforce.models.loading.main_convert``.
+Same as ``vidforce convert``; both run ``vidforce.cli.main_convert``.
 """
 import sys
 
-from vidforce.models.loading import main_convert
+from vidforce.cli import main_convert
 
 
 def main() -> int:

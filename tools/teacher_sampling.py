@@ -25,6 +25,7 @@ from vidforce import components  # noqa: E402
 from vidforce.recipes import evaluate as ev  # noqa: E402
 from vidforce.recipes.mini import eval_setup, load_mini, stage_config  # noqa: E402
 from vidforce.models.build import build_teacher  # noqa: E402
+from vidforce.sampling import Guidance, euler_grid  # noqa: E402
 from vidforce.train.dist import pick_device  # noqa: E402
 
 COLUMNS = ("guidance", "steps", "shift", *ev.WORLD_KEYS)
@@ -47,7 +48,8 @@ def sweep(run_dir: str, smoke: bool, device: str, guidance: list[float], steps: 
     rows = []
     for g, n, shift in itertools.product(guidance, steps, shifts):
         t0 = time.perf_counter()
-        sample = ev.teacher_sampler(teacher, text, cfg.data.negative_prompt, ev.euler_sigmas(n, shift), g)
+        guide = Guidance(g, cfg.objective.guidance.convention)
+        sample = ev.teacher_sampler(teacher, text, cfg.data.negative_prompt, euler_grid(n, shift), guide)
         summary = ev.summarize_model(ev.generate_videos(sample, codec, prompts, noise), setup)
         mean, se = summary["horizons"]["1"], summary["se"]["1"]
         rows.append({"guidance": g, "steps": n, "shift": shift, **{k: (mean[k], se[k]) for k in ev.WORLD_KEYS},

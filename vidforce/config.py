@@ -7,6 +7,7 @@ then ``key=value`` overrides; unknown keys and wrong types raise ``ValueError`` 
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,13 +65,17 @@ class ScheduleConfig:
     warp: bool = True               # warp the step list through the shifted table
     min_step: float = 0.02          # training t range (fraction of T) of every objective that noises:
     max_step: float = 0.98          # DMD's [0.02, 0.98]; a model trained from data needs [0, 1]
-    context_noise: float = 0.0      # timestep of the cache refresh pass
+    time_sampling: str = "range"    # range: u ~ U[min, max], shifted | clamp: integer t ~ U[0, T), shifted,
+                                    # sigma clamped to [min, max] (Self Forcing's DMD; diffusion.sample_train_sigma)
+    context_noise: float = 0.0      # timestep of the cache refresh pass (output re-noised to it: sampling.py)
 
 
 @dataclass
 class RolloutConfig:
     num_frames: int = 21            # generator rollout / teacher horizon K (latent frames)
     exit_step: str = "random"       # random | last
+    cache_grad: str = "detach"      # detach | exit_step (public Self-Forcing code: gradient reaches earlier
+                                    # chunks' exit-step K/V through the cache; rollout.py)
     grad_chunks: int = 0            # chunks (counted from the end) that keep grad; 0 = all
     long_frames: int = 0            # Self-Forcing++: roll out up to N latent frames (0 = off)
     long_sampling: str = "uniform"  # N per iteration: fixed | uniform (chunk-aligned in [K, N])
@@ -78,20 +83,63 @@ class RolloutConfig:
 
 
 @dataclass
-class ObjectiveConfig:
-    name: str = "dmd"               # dmd | sid | gan | ode_init | teacher_forcing | diffusion_forcing |
-                                    # extended_dmd | flow_matching (bidirectional teacher from data)
-    guidance_scale: float = 3.0     # CFG g in x0_uncond + g (x0_cond - x0_uncond); 1 = no guidance
-    cfg_dropout: float = 0.1        # flow_matching: probability of training on the negative prompt
-    gen_update_every: int = 5
-    sid_alpha: float = 1.2
-    gan_weight: float = 0.01        # generator GAN loss weight (added to DMD when > 0 with name=gan)
-    gan_relativistic: bool = False
+class GuidanceConfig:
+    """Classifier-free guidance of the teacher (DMD / SiD / GAN real score, ODE pairs, teacher sampling)."""
+    scale: float = 3.0              # g; 1 (uncond) or 0 (cond) = no guidance
+    convention: str = "uncond"      # uncond: x0_u + g (x0_c - x0_u) (Wan) | cond: x0_c + g (x0_c - x0_u)
+                                    # (Self Forcing's code: its g = 3 is uncond's g = 4)
+
+
+@dataclass
+class SiDConfig:
+    alpha: float = 1.2              # SiD's alpha (Zhou et al. 2024)
+
+
+@dataclass
+class GANConfig:
+    """Discriminator head on critic features: ``gan`` (GAN only) and ``dmd_gan`` (DMD + weighted GAN)."""
+    weight: float = 0.01            # weight of the GAN terms (generator and discriminator)
+    relativistic: bool = False
     r1_weight: float = 0.0          # finite-difference R1 on real clips
     r2_weight: float = 0.0          # finite-difference R2 on fake clips
     r_sigma: float = 0.01           # perturbation scale of finite-difference R1/R2
-    ode_pairs: str = ""             # safetensors file from tools/make_ode_pairs.py
-    teacher_forcing_noise: float = 0.0  # timestep of the clean context for teacher forcing
+
+
+@dataclass
+class ODEInitConfig:
+    pairs: str = ""                 # safetensors file from tools/make_ode_pairs.py
+    clean_context: bool = False     # earlier chunks attended as the teacher's clean endpoints (as inference sees)
+
+
+@dataclass
+class FlowLossConfig:
+    """Flow-matching regression of the data-trained objectives."""
+    weighting: str = "uniform"      # uniform | wan (Wan's timestep weighting, normalised to mean 1)
+
+
+@dataclass
+class FlowMatchingConfig(FlowLossConfig):
+    cfg_dropout: float = 0.1        # probability of training on the negative prompt
+
+
+@dataclass
+class TeacherForcingConfig(FlowLossConfig):
+    context_noise: float = 0.0      # timestep of the clean context
+
+
+@dataclass
+class ObjectiveConfig:
+    """``name`` picks the objective; each objective with settings of its own has its section."""
+    name: str = "dmd"               # dmd | extended_dmd | sid | gan | dmd_gan | ode_init | teacher_forcing |
+                                    # diffusion_forcing | flow_matching (bidirectional teacher from data)
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    gen_update_every: int = 5       # objectives with a critic: the generator updates every n-th step
+    sid: SiDConfig = field(default_factory=SiDConfig)
+    gan: GANConfig = field(default_factory=GANConfig)
+    ode_init: ODEInitConfig = field(default_factory=ODEInitConfig)
+    flow_matching: FlowMatchingConfig = field(default_factory=FlowMatchingConfig)
+    teacher_forcing: TeacherForcingConfig = field(default_factory=TeacherForcingConfig)
+    diffusion_forcing: FlowLossConfig = field(default_factory=FlowLossConfig)
 
 
 @dataclass
@@ -176,6 +224,7 @@ class DriftConfig:
 class VidforceConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     teacher: ModelConfig = field(default_factory=ModelConfig)
+    critic: ModelConfig = field(default_factory=lambda: ModelConfig(preset="teacher"))
     causal: CausalConfig = field(default_factory=CausalConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -196,10 +245,17 @@ CHOICES: dict[str, tuple] = {
     "rollout.exit_step": ("random", "last"),
     "rollout.long_sampling": ("fixed", "uniform"),
     "rollout.window_sampling": ("uniform", "beta"),
-    "objective.name": ("dmd", "sid", "gan", "ode_init", "teacher_forcing", "diffusion_forcing", "extended_dmd",
-                       "flow_matching"),
-    "model.checkpoint_key": ("auto", "generator", "generator_ema"),
-    "teacher.checkpoint_key": ("auto", "generator", "generator_ema"),
+    "objective.name": ("dmd", "sid", "gan", "dmd_gan", "ode_init", "teacher_forcing", "diffusion_forcing",
+                       "extended_dmd", "flow_matching"),
+    "objective.guidance.convention": ("uncond", "cond"),
+    "objective.flow_matching.weighting": ("uniform", "wan"),
+    "objective.teacher_forcing.weighting": ("uniform", "wan"),
+    "objective.diffusion_forcing.weighting": ("uniform", "wan"),
+    "schedule.time_sampling": ("range", "clamp"),
+    "rollout.cache_grad": ("detach", "exit_step"),
+    "model.checkpoint_key": ("auto", "generator", "generator_ema", "critic"),
+    "teacher.checkpoint_key": ("auto", "generator", "generator_ema", "critic"),
+    "critic.checkpoint_key": ("auto", "generator", "generator_ema", "critic"),
     "train.precision": ("bf16", "fp32"),
     "train.device": ("auto", "cpu", "cuda"),
     "text.encoder": ("tiny", "umt5", "cache"),
@@ -207,14 +263,15 @@ CHOICES: dict[str, tuple] = {
     "logging.wandb_mode": ("offline", "online", "disabled"),
     "optim.lr_schedule": ("constant", "cosine"),
 }
-POSITIVE = ("causal.frames_per_chunk", "rollout.num_frames", "objective.gen_update_every", "train.steps",
+POSITIVE = ("objective.gan.r_sigma", "causal.frames_per_chunk", "rollout.num_frames", "objective.gen_update_every", "train.steps",
             "train.batch_size", "train.grad_accum", "train.checkpoint_every", "train.keep_last", "train.log_every",
             "data.latent_height", "data.latent_width", "data.fps", "codec.spatial_factor", "train.dist_timeout_s",
             "drift.window_seconds", "drift.horizon_multiple", "schedule.shift")
 NON_NEGATIVE = ("causal.window", "causal.sink", "rollout.grad_chunks", "rollout.long_frames", "optim.generator_lr",
                 "optim.critic_lr", "optim.weight_decay", "optim.grad_clip", "optim.ema_start",
                 "optim.warmup_steps", "data.clip_stride", "drift.every",
-                "objective.r1_weight", "objective.r2_weight", "objective.gan_weight", "schedule.context_noise")
+                "objective.gan.r1_weight", "objective.gan.r2_weight", "objective.gan.weight", "schedule.context_noise",
+                "objective.teacher_forcing.context_noise")
 
 
 def _get(cfg: VidforceConfig, dotted: str) -> Any:
@@ -225,6 +282,8 @@ def _get(cfg: VidforceConfig, dotted: str) -> Any:
 
 
 def _validate_model(m: ModelConfig, name: str) -> None:
+    if name == "critic" and m.preset == "teacher":
+        return
     if m.preset not in MODEL_PRESETS and m.preset != "custom":
         raise ValueError(f"{name}.preset must be one of {sorted(MODEL_PRESETS)} or 'custom', got {m.preset!r}")
     if m.dim % m.num_heads:
@@ -251,6 +310,13 @@ def validate(cfg: VidforceConfig) -> VidforceConfig:
             raise ValueError(f"{key} must be >= 0, got {_get(cfg, key)}")
     _validate_model(cfg.model, "model")
     _validate_model(cfg.teacher, "teacher")
+    _validate_model(cfg.critic, "critic")
+    if not 0 <= cfg.objective.flow_matching.cfg_dropout <= 1:
+        raise ValueError(f"objective.flow_matching.cfg_dropout must be in [0, 1], got "
+                         f"{cfg.objective.flow_matching.cfg_dropout}")
+    if cfg.rollout.cache_grad == "exit_step" and cfg.train.activation_checkpointing:
+        raise ValueError("rollout.cache_grad=exit_step keeps autograd history in the KV cache, which activation "
+                         "recomputation would rewrite: set train.activation_checkpointing=false")
     c, r, s = cfg.causal, cfg.rollout, cfg.schedule
     if r.num_frames % c.frames_per_chunk:
         raise ValueError(f"rollout.num_frames ({r.num_frames}) must be a multiple of causal.frames_per_chunk "
@@ -278,8 +344,10 @@ def validate(cfg: VidforceConfig) -> VidforceConfig:
     for key in ("train.generator_zero_stage", "train.critic_zero_stage"):
         if _get(cfg, key) not in (0, 1, 2, 3):
             raise ValueError(f"{key} must be 0, 1, 2 or 3, got {_get(cfg, key)}")
-    if cfg.model.text_dim != cfg.teacher.text_dim:
-        raise ValueError(f"model.text_dim ({cfg.model.text_dim}) must equal teacher.text_dim ({cfg.teacher.text_dim})")
+    for name in ("teacher", "critic"):
+        if cfg.model.text_dim != _get(cfg, f"{name}.text_dim"):
+            raise ValueError(f"model.text_dim ({cfg.model.text_dim}) must equal {name}.text_dim "
+                             f"({_get(cfg, f'{name}.text_dim')})")
     return cfg
 
 
@@ -298,18 +366,34 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> Any:
 
 
 def _with_presets(layers: list[Any]) -> list[Any]:
-    """Insert the model presets named by the layers (last wins) right after the schema defaults."""
+    """Insert the model presets named by the layers (last wins) right after the schema defaults.
+
+    An unnamed teacher has the generator's architecture. The critic's preset ``teacher`` (the default) makes
+    it the teacher's copy (architecture and weights: :func:`critic_copies_teacher`), so no other critic
+    key may be set with it."""
     merged = OmegaConf.merge(*layers) if layers else OmegaConf.create({})
     model = OmegaConf.select(merged, "model.preset", default=None) or "tiny"
     teacher = OmegaConf.select(merged, "teacher.preset", default=None)
+    critic = OmegaConf.select(merged, "critic", default=None) or {}
     presets: dict[str, Any] = {}
     if model in MODEL_PRESETS:
         presets["model"] = MODEL_PRESETS[model]
-    if teacher is None:                  # an unnamed teacher has the generator's architecture
+    if teacher is None:
         presets["teacher"] = dict(MODEL_PRESETS.get(model, {}), preset=model)
     elif teacher in MODEL_PRESETS:
         presets["teacher"] = MODEL_PRESETS[teacher]
+    preset = critic.get("preset", "teacher")
+    if preset == "teacher" and set(critic) - {"preset"}:
+        raise ValueError(f"critic.{sorted(set(critic) - {'preset'})[0]} is set but critic.preset is 'teacher' "
+                         "(a copy of the teacher): name a preset or 'custom' for a critic of its own")
+    if preset in MODEL_PRESETS:
+        presets["critic"] = MODEL_PRESETS[preset]
     return [OmegaConf.create(presets)] + layers
+
+
+def critic_copies_teacher(cfg: "VidforceConfig") -> bool:
+    """Whether the critic is a copy of the teacher (``critic.preset: teacher``) rather than its own model."""
+    return cfg.critic.preset == "teacher"
 
 
 def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> VidforceConfig:
@@ -325,12 +409,18 @@ def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] 
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "?"
         raise ValueError(f"bad config key {key!r}: {str(err).splitlines()[0]}") from None
+    if critic_copies_teacher(cfg):
+        cfg.critic = dataclasses.replace(cfg.teacher, preset="teacher")
     return validate(cfg)
 
 
 def to_yaml(cfg: VidforceConfig) -> str:
-    """The resolved config as YAML (``--dry-run``)."""
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    """The resolved config as YAML (``--dry-run``; a critic that copies the teacher is written as just that)."""
+    data = OmegaConf.structured(cfg)
+    if critic_copies_teacher(cfg):
+        data = OmegaConf.to_container(data)
+        data["critic"] = {"preset": "teacher"}
+    return OmegaConf.to_yaml(data)
 
 
 def arch_of(m: ModelConfig):

@@ -14,7 +14,7 @@ import torch
 
 from vidforce import components, config
 from vidforce.data.prompts import load_prompts, parse_schedule
-from vidforce.rollout import Sampler
+from vidforce.sampling import Sampler
 from vidforce.streaming import Streamer, switch_frames
 from vidforce.video_io import Mp4Writer, check_writable
 

@@ -1,10 +1,12 @@
 """Streaming long-video generation: chunk by chunk, rolling cache, prompt switches, flat memory.
 
-Each chunk runs the same chunk step as the training rollout (``rollout.chunk_step``: few-step sampling,
+Each chunk runs the same chunk step as the training rollout (``sampling.chunk_step``: few-step sampling,
 then the clean-context cache refresh), is decoded by the codec's causal stream decoder and handed out
 as uint8 frames. The KV cache is a ring of ``causal.window`` frames, so memory is bounded by the cache,
 not by the video length. A prompt switch re-encodes the cached frames under the new prompt
-(LongLive's KV re-cache): the clean latents of the frames still in the window are kept for that.
+(LongLive's KV re-cache): the clean latents of the frames still in the window are kept for that, and
+each kept chunk is committed again by the same refresh pass as in training (``sampling.refresh_cache``,
+re-noised to ``schedule.context_noise``).
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import numpy as np
 import torch
 
 from vidforce.models.causal import CausalWan
-from vidforce.rollout import Sampler, chunk_step, frame_timesteps
+from vidforce.sampling import Sampler, chunk_step, refresh_cache
 from vidforce.video_io import to_uint8_frames
 
 
@@ -70,15 +72,14 @@ class Streamer:
         return self.model.text_kv(ctx)
 
     def _recache(self, text_kv) -> None:
-        """Re-encode the kept frames under a new prompt: fresh cache, refresh passes chunk by chunk."""
+        """Re-encode the kept frames under a new prompt: fresh cache, the refresh pass chunk by chunk."""
         self.cache.reset()
         frames = sorted(self.kept)
         chunk = self.model.frames_per_chunk
         for start in sorted({f // chunk * chunk for f in frames}):
             group = [f for f in frames if start <= f < start + chunk]
             x = torch.cat([self.kept[f] for f in group], dim=1)
-            self.model.forward_chunk(x, frame_timesteps(self.sampler.context_sigma, x), self.cache, group[0], write=True,
-                                     text_kv=text_kv)
+            refresh_cache(self.model, x, self.cache, group[0], text_kv, self.sampler, self.rng)
         self.stats.recaches += 1
 
     def _keep(self, start: int, x0: torch.Tensor) -> None:
@@ -110,8 +111,8 @@ class Streamer:
             tc = time.perf_counter()
             shape = (1, min(chunk, num_frames - start), self.model.arch.in_dim, self.h, self.w)
             noise = torch.randn(shape, generator=self.rng, device=self.device, dtype=self.dtype)
-            x0 = chunk_step(self.model, noise, self.cache, start, text_kv, self.sampler,
-                            len(self.sampler.sigmas) - 1, False, self.rng)
+            x0 = chunk_step(self.model, noise, self.cache, start, text_kv, self.sampler, self.sampler.last, False,
+                            self.rng)
             self._keep(start, x0)
             _sync(self.device)
             td = time.perf_counter()
@@ -132,8 +133,3 @@ class Streamer:
         if self.device.type == "cuda":
             s.peak_memory_bytes = torch.cuda.max_memory_allocated(self.device)
         return frames
-
-    def state_bytes(self) -> int:
-        """Bytes held across chunks: KV cache buffers and kept latents (flat in the video length)."""
-        cache = sum(t.numel() * t.element_size() for t in self.cache.k + self.cache.v) if self.cache else 0
-        return cache + sum(t.numel() * t.element_size() for t in self.kept.values())

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from vidforce.data.mini_world import Scene, WorldSpec, make_clip, render
-from vidforce.data.world_metrics import detect_sprites, summarize, world_metrics
+from vidforce.data.world_metrics import detect_sprites, world_metrics
 
 SPEC = WorldSpec()
 
@@ -78,16 +78,6 @@ def test_colour_and_background_shifts_are_measured():
     m = world_metrics(frames, clip.scene)
     np.testing.assert_allclose(m["colour_error"], 30 / 255, atol=1e-9)
     np.testing.assert_allclose(m["background_error"], 20 / 255, atol=1e-9)
-
-
-def test_summarize_means_per_window_ignoring_nan():
-    per_frame = {"a": np.array([1, 1, 3, 3, np.nan, 5.0]), "b": np.array([np.nan] * 2 + [2.0] * 4)}
-    out = summarize(per_frame, fps=2, window_seconds=1.0)
-    np.testing.assert_allclose(out["window_start_s"], [0, 1, 2])
-    np.testing.assert_allclose(out["a"], [1, 3, 5])
-    np.testing.assert_allclose(out["b"], [np.nan, 2, 2])
-    with pytest.raises(ValueError, match="differ in length"):
-        summarize({"a": np.zeros(3), "b": np.zeros(4)}, fps=2, window_seconds=1.0)
 
 
 def test_bad_frames_raise():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from vidforce.diagnostics.drift import (MOTION_THRESHOLD, DriftMeter, analyze_frames,
-                                        analyze_video, descriptor_similarity, flicker, flow_grey,
+                                        analyze_video, consistency, flicker, flow_grey,
                                         frame_metrics, linear_slope, motion_magnitude)
 
 FPS = 10
@@ -67,9 +67,9 @@ def test_pure_helpers_known_values():
     assert linear_slope([0.0, 1.0, 2.0], [1.0, 3.0, 5.0]) == pytest.approx(2.0)
     assert linear_slope([1.0], [7.0]) == 0.0
     desc = np.random.default_rng(1).random((16, 16, 3))
-    assert descriptor_similarity(desc, desc) == pytest.approx(1.0)
-    assert descriptor_similarity(desc, 1.0 - desc) == pytest.approx(-1.0)
-    assert descriptor_similarity(np.full(5, 0.2), np.full(5, 0.7)) == 1.0
+    hold, repetition = consistency([desc, desc, 1.0 - desc])
+    assert hold == pytest.approx([1.0, 1.0, -1.0]) and repetition == pytest.approx([0.0, 0.0, -1.0])
+    assert consistency([np.full(5, 0.2), np.full(5, 0.7)])[0] == [1.0, 1.0]      # two flat pictures
 
 
 def test_motion_magnitude_of_a_shift_is_on_the_256_grid():

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from vidforce.diagnostics.drift import SUMMARY_METRICS, analyze_frames
-from vidforce.diagnostics.report import format_summary, log_wandb, main_drift, write_report
+from vidforce.cli import main_drift
+from vidforce.diagnostics.report import format_summary, log_wandb, write_report
 
 FPS = 10
 

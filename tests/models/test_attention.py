@@ -1,5 +1,7 @@
 """Attention backends: the math result, backend resolution and errors, forward-mode AD."""
 import math
+import sys
+import types
 
 import pytest
 import torch
@@ -75,11 +77,31 @@ def test_unknown_backend_names_the_field():
         A.check_backend("nope", field="model.attn")
 
 
-def test_flash_attn_func_is_optional():
-    fn = A.flash_attn_func()
-    assert fn is None or callable(fn)
-    if fn is None:
-        assert "flash_attn" not in A.available(CPU)
+@pytest.fixture
+def fresh_flash_attn():
+    """``flash_attn_func`` looks the package up again (its lookup is cached), before and after the test."""
+    A.flash_attn_func.cache_clear()
+    yield
+    A.flash_attn_func.cache_clear()
+
+
+def test_flash_attn_missing_is_not_offered_and_names_the_package(monkeypatch, fresh_flash_attn):
+    monkeypatch.setitem(sys.modules, "flash_attn", None)            # import flash_attn -> ImportError
+    cuda = torch.device("cuda")
+    assert A.flash_attn_func() is None
+    assert A.available(cuda) == ["math", "sdpa", "cudnn", "flash", "efficient"]
+    with pytest.raises(ValueError, match="flash_attn package is not importable"):
+        A.resolve("flash_attn", cuda)
+    assert A.resolve("auto", cuda) == "sdpa"                         # auto never needs it
+
+
+def test_flash_attn_present_is_used(monkeypatch, fresh_flash_attn):
+    def fake(q, k, v):
+        return q
+    monkeypatch.setitem(sys.modules, "flash_attn", types.SimpleNamespace(flash_attn_func=fake))
+    cuda = torch.device("cuda")
+    assert A.flash_attn_func() is fake
+    assert A.available(cuda)[-1] == "flash_attn" and A.resolve("flash_attn", cuda) == "flash_attn"
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")   # torch's jvp set-up

@@ -1,4 +1,6 @@
 """build_teacher / build_generator honour the config; check_checkpoint names the field a checkpoint contradicts."""
+import json
+
 import pytest
 import torch
 
@@ -104,3 +106,81 @@ def test_missing_checkpoint_names_the_path(tmp_path):
     cfg.teacher.checkpoint = str(tmp_path / "gone.safetensors")
     with pytest.raises(FileNotFoundError, match="gone.safetensors"):
         build_teacher(cfg, "cpu", torch.float32)
+
+
+def diffusers_folder(root, **over):
+    """A diffusers pipeline folder of helpers.tiny_wan(): ``transformer/`` with weights and a full config.json."""
+    sub = root / "transformer"
+    save_safetensors(tiny_wan(), sub / "diffusion_pytorch_model.safetensors", names="diffusers")
+    config = {"_class_name": "WanTransformer3DModel", "_diffusers_version": "0.33.1", "added_kv_proj_dim": None,
+              "attention_head_dim": TINY["dim"] // TINY["num_heads"], "cross_attn_norm": True, "eps": 1e-6,
+              "ffn_dim": TINY["ffn_dim"], "freq_dim": TINY["freq_dim"], "image_dim": None,
+              "in_channels": TINY["in_dim"], "num_attention_heads": TINY["num_heads"],
+              "num_layers": TINY["num_layers"], "out_channels": TINY["out_dim"], "patch_size": TINY["patch_size"],
+              "pos_embed_seq_len": None, "qk_norm": "rms_norm_across_heads", "rope_max_seq_len": 1024,
+              "text_dim": TINY["text_dim"]}
+    (sub / "config.json").write_text(json.dumps({**config, **over}))
+    return root
+
+
+def test_check_checkpoint_accepts_a_fitting_diffusers_config(tmp_path):
+    check_checkpoint(diffusers_folder(tmp_path), tiny_config(), "model")
+    check_checkpoint(tmp_path / "transformer" / "diffusion_pytorch_model.safetensors", tiny_config(), "model")
+    check_checkpoint(diffusers_folder(tmp_path, out_channels=None), tiny_config(), "model")   # null: in_channels
+
+
+@pytest.mark.parametrize("field,key,ours,theirs", [
+    ("num_heads", "num_attention_heads", TINY["num_heads"], 4),
+    ("dim // model.num_heads", "attention_head_dim", TINY["dim"] // TINY["num_heads"], 8),
+    ("num_layers", "num_layers", TINY["num_layers"], 3),
+    ("ffn_dim", "ffn_dim", TINY["ffn_dim"], 48),
+    ("in_dim", "in_channels", TINY["in_dim"], 4),
+    ("out_dim", "out_channels", TINY["out_dim"], 4),
+    ("text_dim", "text_dim", TINY["text_dim"], 24),
+    ("freq_dim", "freq_dim", TINY["freq_dim"], 8),
+    ("patch_size", "patch_size", TINY["patch_size"], [1, 1, 1]),
+    ("cross_attn_norm", "cross_attn_norm", True, False),
+    ("eps", "eps", 1e-6, 1e-5),
+    ("rope_max_len", "rope_max_seq_len", 1024, 512),
+])
+def test_check_checkpoint_names_each_diffusers_config_field_it_contradicts(tmp_path, field, key, ours, theirs):
+    folder = diffusers_folder(tmp_path, **{key: theirs})
+    with pytest.raises(ValueError) as info:
+        check_checkpoint(folder, tiny_config(), "model")
+    assert f"model.{field} is {ours!r} but config.json has {key}={theirs!r}" in str(info.value)
+
+
+def test_diffusers_config_head_count_fails_the_build_though_the_weights_fit(tmp_path):
+    cfg = config()
+    cfg.teacher.checkpoint = str(diffusers_folder(tmp_path, num_attention_heads=4, attention_head_dim=8))
+    with pytest.raises(ValueError, match=r"teacher\.num_heads is 2 but config\.json has num_attention_heads=4"):
+        build_teacher(cfg, "cpu", torch.float32)
+
+
+@pytest.mark.parametrize("over,match", [
+    ({"qk_norm": "rms_norm"}, r"unsupported WanTransformer3DModel architecture: qk_norm='rms_norm'"),
+    ({"image_dim": 1280}, r"image_dim=1280 \(vidforce implements None\)"),
+    ({"window_size": [-1, -1]}, r"config keys \['window_size'\] are not understood"),
+])
+def test_diffusers_config_values_vidforce_cannot_run_raise(tmp_path, over, match):
+    with pytest.raises(ValueError, match=match):
+        check_checkpoint(diffusers_folder(tmp_path, **over), tiny_config(), "model")
+
+
+def test_official_config_json_is_checked_too(tmp_path):
+    save_safetensors(tiny_wan(), tmp_path / "diffusion_pytorch_model.safetensors")
+    official = {"_class_name": "WanModel", "_diffusers_version": "0.30.0", "model_type": "t2v", **TINY}
+    (tmp_path / "config.json").write_text(json.dumps(official))
+    check_checkpoint(tmp_path, tiny_config(), "model")
+    (tmp_path / "config.json").write_text(json.dumps({**official, "num_heads": 4, "text_len": 16}))
+    with pytest.raises(ValueError) as info:
+        check_checkpoint(tmp_path, tiny_config(), "model")
+    msg = str(info.value)
+    assert "model.num_heads is 2 but config.json has num_heads=4" in msg
+    assert "model.text_len is 8 but config.json has text_len=16" in msg
+
+
+def test_other_config_json_is_ignored(tmp_path):
+    save_safetensors(tiny_wan(), tmp_path / "m.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKLWan", "num_layers": 99}))
+    check_checkpoint(tmp_path / "m.safetensors", tiny_config(), "model")

@@ -17,6 +17,11 @@ def fill(cache, stop, chunk=3, start=0):
     return layout
 
 
+def held(cache):
+    """The frames the cache holds, in frame order."""
+    return sorted(f for f in cache.slot_frame if f >= 0)
+
+
 def frame_kv(frames):
     """K/V ``[1, H, F * TPF, D]`` whose every entry is its frame index (so reads can be decoded)."""
     f = torch.as_tensor(frames, dtype=torch.float32)
@@ -47,7 +52,7 @@ def test_write_rules_overwrite_append_gap():
             cache.layout(bad, bad + 3, True)
     cache.layout(0, 3, False)                         # read-only plans never write, any start
     layout = cache.layout(9, 12, True)                # a gap (frames 6..8 never written) is allowed
-    assert cache.cached_frames() == [0, 1, 2, 9, 10, 11]          # 9..11 took the ring slots of 3..5
+    assert held(cache) == [0, 1, 2, 9, 10, 11]          # 9..11 took the ring slots of 3..5
     assert layout.write_slots.tolist() == [3, 4, 5]
     assert layout.key_pos.tolist() == [0, 1, 2, 9, 10, 11]     # window of stop 12: sink + frames >= 6
     assert (cache.last_start, cache.end) == (9, 12)
@@ -76,7 +81,7 @@ def test_read_is_prefix_slice_then_full_ring():
     assert layout.read == slice(0, 9)                 # full ring: every slot is read, in slot order
     assert layout.key_pos.tolist() == [0, 1, 2, 9, 10, 11, 12, 13, 14]
     assert layout.write_slots.tolist() == [6, 7, 8]
-    assert cache.cached_frames() == [0, 1, 2, 9, 10, 11, 12, 13, 14]
+    assert held(cache) == [0, 1, 2, 9, 10, 11, 12, 13, 14]
 
 
 def test_read_only_layout_reads_earlier_window_frames_by_index():
@@ -88,7 +93,7 @@ def test_read_only_layout_reads_earlier_window_frames_by_index():
     assert layout.read.tolist() == [0, 1, 2, 6, 7, 8]          # sink + frames 12..14, not the chunk's own
     assert layout.key_pos.tolist() == [0, 1, 2, 12, 13, 14]
     assert layout.query_pos.tolist() == [15, 16, 17]
-    assert cache.cached_frames() == [0, 1, 2, 9, 10, 11, 12, 13, 14]   # nothing committed
+    assert held(cache) == [0, 1, 2, 9, 10, 11, 12, 13, 14]   # nothing committed
 
 
 def test_relative_ranks_known_values():
@@ -140,7 +145,7 @@ def test_capacity_above_window_stores_more_but_reads_only_the_window():
     for s in range(0, 12, 3):
         layout = cache.layout(s, s + 3, True)
         cache.write(0, layout, frame_kv(range(s, s + 3)), frame_kv(range(s, s + 3)))
-    assert cache.cached_frames() == list(range(3, 12))           # 9 frames kept
+    assert held(cache) == list(range(3, 12))           # 9 frames kept
     assert isinstance(layout.read, torch.Tensor)                  # slots 6,7,8 then 0,1,2: not a prefix
     assert layout.read.tolist() == [6, 7, 8, 0, 1, 2]
     assert layout.key_pos.tolist() == list(range(6, 12))          # but only the 6-frame window is read
@@ -151,7 +156,7 @@ def test_capacity_above_window_stores_more_but_reads_only_the_window():
 def test_capacity_with_sink_keeps_sink_and_window():
     cache = make(window=6, sink=2, capacity=8)
     layout = fill(cache, 15)
-    assert cache.cached_frames() == [0, 1, 9, 10, 11, 12, 13, 14]
+    assert held(cache) == [0, 1, 9, 10, 11, 12, 13, 14]
     assert layout.key_pos.tolist() == [0, 1, 11, 12, 13, 14]
 
 
@@ -159,5 +164,5 @@ def test_reset_forgets_frames():
     cache = make(window=9, sink=3)
     fill(cache, 12)
     cache.reset()
-    assert cache.cached_frames() == [] and (cache.last_start, cache.end) == (-1, 0)
+    assert held(cache) == [] and (cache.last_start, cache.end) == (-1, 0)
     assert cache.layout(0, 3, True).key_pos.tolist() == [0, 1, 2]

@@ -8,10 +8,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from vidforce.config import MODEL_PRESETS, ModelConfig
+from vidforce.cli import main_convert
+from vidforce.config import MODEL_PRESETS, ModelConfig, load
+from vidforce.models.build import build_generator, build_teacher
 from vidforce.models.loading import (
-    CheckpointMismatchError, Checkpoint, config_metadata, convert_diffusers_to_wan, convert_wan_to_diffusers,
-    infer_arch, load_into, load_wan_state_dict, main_convert, parse_size, save_safetensors)
+    CheckpointMismatchError, Checkpoint, config_metadata, diffusers_to_wan_key, infer_arch, load_into,
+    save_safetensors, wan_to_diffusers_key)
 from tests.models.helpers import inputs, tiny_wan
 
 REPO = Path(__file__).resolve().parents[2]
@@ -63,13 +65,13 @@ def test_missing_shard_names_it(tmp_path):
     written = save_safetensors(tiny_wan(), tmp_path / "m.safetensors", max_shard_bytes=20_000)
     written[1].unlink()
     with pytest.raises(FileNotFoundError, match=written[1].name):
-        load_wan_state_dict(tmp_path / "m.safetensors.index.json")
+        Checkpoint(tmp_path / "m.safetensors.index.json")
 
 
 def test_diffusers_names_verified_and_round_trip(tmp_path):
     model = tiny_wan(seed=0)
     sd = model.state_dict()
-    d = convert_wan_to_diffusers(sd)
+    d = {wan_to_diffusers_key(k): v for k, v in sd.items()}
     expected = {"condition_embedder.text_embedder.linear_1.weight": "text_embedding.0.weight",
                 "condition_embedder.time_embedder.linear_2.bias": "time_embedding.2.bias",
                 "condition_embedder.time_proj.weight": "time_projection.1.weight",
@@ -86,7 +88,7 @@ def test_diffusers_names_verified_and_round_trip(tmp_path):
         assert d[theirs] is sd[ours]
     dim = model.arch.dim
     assert d["scale_shift_table"].shape == (1, 2, dim) and d["blocks.0.scale_shift_table"].shape == (1, 6, dim)
-    assert len(d) == len(sd) and convert_diffusers_to_wan(d).keys() == sd.keys()
+    assert len(d) == len(sd) and [diffusers_to_wan_key(k) for k in d] == list(sd)
     pipeline = tmp_path / "pipe" / "transformer"
     save_safetensors(model, pipeline / "diffusion_pytorch_model.safetensors", names="diffusers")
     assert Checkpoint(pipeline.parent).names == "diffusers"
@@ -198,7 +200,7 @@ def test_format_override_and_dtype_cast(tmp_path):
     save_safetensors(tiny_wan(), tmp_path / "d.safetensors", names="diffusers")
     with pytest.raises(CheckpointMismatchError, match="missing"):
         load_into(tiny_wan(), tmp_path / "d.safetensors", fmt="wan")
-    sd = load_wan_state_dict(tmp_path / "d.safetensors", dtype=torch.bfloat16)
+    sd = dict(Checkpoint(tmp_path / "d.safetensors").tensors(torch.bfloat16))
     assert sd.keys() == tiny_wan().state_dict().keys() and {v.dtype for v in sd.values()} == {torch.bfloat16}
 
 
@@ -217,14 +219,17 @@ def test_convert_sharded_diffusers_and_back(tmp_path, capsys):
     assert_same_model(gen, tmp_path / "wan.safetensors")
 
 
-def test_parse_size():
-    assert parse_size("5GB") == 5 * 10 ** 9 and parse_size("512MiB") == 512 * 2 ** 20
-    assert parse_size("1000") == 1000 and parse_size("0") == 0
-    with pytest.raises(ValueError, match="max-shard-size"):
-        parse_size("lots")
-
-
 def test_tool_reports_bad_input_in_one_line(tmp_path):
     run = subprocess.run([sys.executable, "tools/convert_checkpoint.py", str(tmp_path / "none.pt"),
                           str(tmp_path / "o.safetensors")], cwd=REPO, capture_output=True, text=True)
     assert run.returncode == 2 and run.stderr.strip() == f"error: checkpoint not found: {tmp_path / 'none.pt'}"
+
+
+@pytest.mark.parametrize("field", ["model", "teacher"])
+def test_critic_entry_loads_through_the_config(tmp_path, field):
+    """``checkpoint_key: critic`` passes config validation and picks the training checkpoint's critic."""
+    self_forcing_checkpoint(tmp_path / "model.pt", tiny_wan(seed=1), tiny_wan(seed=2))
+    cfg = load(None, [f"{field}.checkpoint={tmp_path / 'model.pt'}", f"{field}.checkpoint_key=critic",
+                      "causal.attention=math"])
+    built = (build_generator if field == "model" else build_teacher)(cfg, "cpu", torch.float32)
+    assert torch.equal(outputs(built), outputs(tiny_wan(seed=9)))

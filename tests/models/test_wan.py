@@ -64,6 +64,23 @@ def test_precomputed_text_kv_equals_context():
         assert torch.equal(model(x, t, ctx), model(x, t, text_kv=model.text_kv(ctx)))
 
 
+def test_short_context_is_zero_padded_to_text_len_as_the_official_forward():
+    model = tiny_wan()
+    x, t, ctx = inputs(model, frames=2)
+    short = ctx[:, :3]
+    padded = torch.cat([short, short.new_zeros(2, model.arch.text_len - 3, model.arch.text_dim)], dim=1)
+    with torch.no_grad():
+        assert all(k.shape[2] == model.arch.text_len for k, _ in model.text_kv(short))
+        assert torch.equal(model(x, t, short), model(x, t, padded))
+
+
+def test_context_longer_than_text_len_raises():
+    model = tiny_wan()
+    x, t, ctx = inputs(model, frames=2)
+    with pytest.raises(ValueError, match=f"exceeds text_len={model.arch.text_len}"):
+        model(x, t, torch.cat([ctx, ctx[:, :1]], dim=1))
+
+
 def test_broadcast_timestep_equals_equal_per_frame_timesteps():
     model = tiny_wan()
     x, _, ctx = inputs(model, frames=3)

@@ -1,4 +1,5 @@
 """DMD: the update is zero when the critic equals the teacher and moves the sample toward the teacher's x0."""
+import pytest
 import torch
 
 from vidforce.objectives.dmd import dmd_direction, dmd_loss
@@ -29,9 +30,22 @@ def test_gradient_descent_moves_toward_teacher_x0():
     torch.testing.assert_close(xg.grad, (fake - real) / norm / x.numel())
 
 
-def test_direction_is_nan_safe():
+def test_direction_is_zero_where_everything_agrees_and_exact_elsewhere():
+    """Sample 0 sits on the teacher's x0 and the critic agrees (0 / 0): zero, not NaN. Sample 1 in the same
+    batch keeps its exact value (the normalisation is per sample)."""
+    x = torch.stack([torch.zeros(3, 2, 2, 2), torch.full((3, 2, 2, 2), 2.0)])
+    real = torch.zeros_like(x)
+    fake = torch.stack([torch.zeros(3, 2, 2, 2), torch.full((3, 2, 2, 2), 1.0)])
+    d = dmd_direction(x, real, fake)
+    assert d[0].abs().max() == 0
+    torch.testing.assert_close(d[1], torch.full((3, 2, 2, 2), 0.5))      # (1 - 0) / mean|2 - 0|
+
+
+def test_direction_is_zero_where_the_norm_is_zero():
     x = torch.zeros(1, 3, 2, 2, 2)
-    assert torch.isfinite(dmd_direction(x, x.clone(), x + 1)).all()
+    d = dmd_direction(x, x.clone(), x + 1)                   # x on the teacher's x0, the critic elsewhere
+    assert d.abs().max() == 0
+    assert torch.isfinite(dmd_loss(x.requires_grad_(True), d))
 
 
 def test_sid_zero_when_scores_agree_and_alpha_weighting():

@@ -6,7 +6,8 @@ from vidforce import config
 from vidforce.models.causal import CausalWan
 from vidforce.models.wan import WanModel
 from vidforce.objectives import Batch, Nets, StepContext, build
-from vidforce.rollout import RolloutPlan, Sampler
+from vidforce.rollout import RolloutPlan
+from vidforce.sampling import Sampler
 
 K = 6
 

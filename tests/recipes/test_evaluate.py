@@ -10,7 +10,7 @@ from vidforce.recipes import evaluate as ev
 from vidforce.data.mini_world import WorldSpec, render, scene_for_seed
 from vidforce.models.codecs.pixel import PixelCodec
 from vidforce.models.text import TinyTextEncoder
-from vidforce.rollout import Sampler
+from vidforce.sampling import Sampler, euler_grid
 from tests.models.helpers import tiny_causal
 
 SPEC = WorldSpec(max_sprites=1)        # one sprite: no occlusion, so the truth counts exactly
@@ -34,21 +34,6 @@ def _truth_sampler(setup, codec):
     return sample
 
 
-def test_euler_sigmas_are_the_shifted_uniform_grid():
-    sigmas = ev.euler_sigmas(4, 3.0)
-    assert sigmas[0] == 1.0 and sigmas[-1] == 0.0 and len(sigmas) == 5
-    assert sigmas[2] == pytest.approx(0.75)             # 3 * 0.5 / (1 + 2 * 0.5)
-    assert list(sigmas) == sorted(sigmas, reverse=True)
-    with pytest.raises(ValueError, match="euler steps"):
-        ev.euler_sigmas(0, 3.0)
-
-
-def test_euler_sample_follows_a_straight_flow_exactly():
-    x0, eps = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
-    out = ev.euler_sample(lambda x, s: eps - x0, eps, ev.euler_sigmas(7, 5.0))
-    torch.testing.assert_close(out, x0)
-
-
 def test_scene_noise_does_not_depend_on_the_batch():
     both = ev.scene_noise((1, 2), 3, (12, 4, 4), "cpu")
     alone = ev.scene_noise((2,), 3, (12, 4, 4), "cpu")
@@ -60,9 +45,8 @@ def test_causal_samplers_are_prefix_consistent(kind):
     """One long rollout gives every horizon: the first N frames do not depend on later ones."""
     model = tiny_causal(frames_per_chunk=3, window=6, sink=3, rope_mode="relative")
     text = TinyTextEncoder(dim=model.arch.text_dim, text_len=model.arch.text_len)
-    steps = Sampler((1.0, 0.75), 0.0)
-    sample = (ev.few_step_sampler(model, text, steps) if kind == "few_step"
-              else ev.euler_causal_sampler(model, text, ev.euler_sigmas(3, 3.0), steps))
+    steps = Sampler((1.0, 0.75), 0.0) if kind == "few_step" else Sampler(euler_grid(3, 3.0), 0.0, "euler")
+    sample = ev.causal_sampler(model, text, steps)
     noise = ev.scene_noise((0, 1), 12, (model.arch.in_dim, 4, 4), "cpu")
     prompts = ["a red circle", "a blue square"]
     long, short = sample(prompts, noise), sample(prompts, noise[:, :6])

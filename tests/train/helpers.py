@@ -17,7 +17,7 @@ PROMPTS = ["a red circle bounces on grey", "a blue square drifts on black", "a g
 
 def overrides(inputs: dict[str, str], run_dir: Path, *extra: str) -> list[str]:
     return [f"data.prompts={inputs['prompts']}", f"data.videos={inputs['videos']}",
-            f"objective.ode_pairs={inputs['pairs']}", f"train.run_dir={run_dir}", *extra]
+            f"objective.ode_init.pairs={inputs['pairs']}", f"train.run_dir={run_dir}", *extra]
 
 
 def tiny(name: str, inputs: dict[str, str], run_dir: Path, *extra: str):

@@ -11,11 +11,12 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from vidforce.cli import main_export
 from vidforce.models.build import build_generator
 from vidforce.models.loading import metadata_model_config
 from vidforce.train import checkpoint, trainer
 from vidforce.train.checkpoint import export_generator, find_resume, latest, resume_mode
-from vidforce.train.trainer import main_export, train
+from vidforce.train.trainer import train
 
 from tests.train.helpers import ROOT, child_env, metrics, overrides, spawn_ranks, tiny, wait_all
 

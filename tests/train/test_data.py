@@ -60,7 +60,7 @@ def test_ode_pair_batches_read_the_file(inputs, tmp_path):
 
 
 def test_bad_ode_pair_files_are_named(tmp_path):
-    with pytest.raises(ValueError, match="objective.ode_pairs is empty"):
+    with pytest.raises(ValueError, match="objective.ode_init.pairs is empty"):
         ODEPairs("")
     bad = tmp_path / "bad.safetensors"
     save_file({"trajectory": torch.zeros(2, 3, 3, 1, 2, 2)}, str(bad))

@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import torch
 
+import pytest
+
+from vidforce import objectives
 from vidforce.config import load
+from vidforce.models.loading import save_safetensors
 from vidforce.objectives.gan import CriticWithHead
 from vidforce.train import dist
 from vidforce.train.engines import adamw, build_modules, ds_config, wrap_engines
@@ -13,6 +17,10 @@ from tests.train.helpers import ROOT
 
 def cfg_of(*overrides: str):
     return load(ROOT / "configs/tiny/base.yaml", ["data.prompts=unused.txt", *overrides])
+
+
+def modules_of(cfg):
+    return build_modules(cfg, objectives.build(cfg), torch.device("cpu"))
 
 
 def test_ds_config_sets_clipping_precision_batch_and_stage_explicitly():
@@ -36,8 +44,7 @@ def test_adamw_uses_the_configured_hyperparameters():
 
 
 def test_critic_is_a_separate_copy_of_the_teacher_and_the_teacher_is_frozen():
-    modules = build_modules(cfg_of("objective.name=dmd", "train.activation_checkpointing=true"),
-                            ("generator", "critic", "teacher"), torch.device("cpu"))
+    modules = modules_of(cfg_of("objective.name=dmd", "train.activation_checkpointing=true"))
     teacher, critic = modules["teacher"], modules["critic"]
     assert not {id(p) for p in teacher.parameters()} & {id(p) for p in critic.parameters()}
     for (name, p), (_, q) in zip(teacher.named_parameters(), critic.named_parameters()):
@@ -48,10 +55,11 @@ def test_critic_is_a_separate_copy_of_the_teacher_and_the_teacher_is_frozen():
     assert modules["generator"].frames_per_chunk == 3
 
 
-def test_same_seed_same_weights_and_gan_critic_has_a_head():
-    a = build_modules(cfg_of("objective.name=gan"), ("generator", "critic", "teacher"), torch.device("cpu"))
-    b = build_modules(cfg_of("objective.name=gan"), ("generator", "critic", "teacher"), torch.device("cpu"))
-    assert isinstance(a["critic"], CriticWithHead)
+@pytest.mark.parametrize("name", ["gan", "dmd_gan"])
+def test_same_seed_same_weights_and_gan_critic_has_a_head(name):
+    a, b = modules_of(cfg_of(f"objective.name={name}")), modules_of(cfg_of(f"objective.name={name}"))
+    assert isinstance(a["critic"], CriticWithHead)                # the objective's head, not the trainer's
+    assert ("teacher" in a) == (name == "dmd_gan")                # GAN only needs no real score
     for name in ("generator", "critic"):
         for p, q in zip(a[name].parameters(), b[name].parameters()):
             assert torch.equal(p, q)                          # every rank builds the same initial weights
@@ -60,7 +68,7 @@ def test_same_seed_same_weights_and_gan_critic_has_a_head():
 def test_engines_wrap_distinct_modules_and_expose_them_to_objectives():
     cfg = cfg_of("objective.name=dmd")
     dist.init(torch.device("cpu"), 60)                        # a world of one
-    engines = wrap_engines(cfg, build_modules(cfg, ("generator", "critic", "teacher"), torch.device("cpu")))
+    engines = wrap_engines(cfg, modules_of(cfg))
     nets = engines.nets()
     assert nets.generator is engines.generator.module and nets.critic is engines.critic.module
     assert nets.teacher is engines.teacher and engines.teacher_engine is None     # replicated, frozen
@@ -70,9 +78,8 @@ def test_engines_wrap_distinct_modules_and_expose_them_to_objectives():
 
 def test_train_compile_compiles_every_block_and_keeps_the_outputs():
     cfg = cfg_of("objective.name=flow_matching", "train.precision=fp32")
-    plain = build_modules(cfg, ("generator",), torch.device("cpu"))["generator"]
-    compiled = build_modules(cfg_of("objective.name=flow_matching", "train.precision=fp32", "train.compile=true"),
-                             ("generator",), torch.device("cpu"))["generator"]
+    plain = modules_of(cfg)["generator"]
+    compiled = modules_of(cfg_of("objective.name=flow_matching", "train.precision=fp32", "train.compile=true"))["generator"]
     dit = next(m for m in compiled.modules() if hasattr(m, "blocks"))
     assert all(hasattr(b.attention_inputs, "_torchdynamo_orig_callable") for b in dit.blocks)
     assert all(hasattr(b.after_attention, "_torchdynamo_orig_callable") for b in dit.blocks)
@@ -81,3 +88,26 @@ def test_train_compile_compiles_every_block_and_keeps_the_outputs():
     text = torch.randn(2, cfg.model.text_len, cfg.model.text_dim)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x, t, text), plain(x, t, text), rtol=1e-4, atol=1e-5)
+
+
+def test_critic_of_its_own_architecture_beside_a_larger_teacher(tmp_path):
+    """The paper's setting in tiny stand-ins: a teacher with more layers and width (14B-shaped) and a critic of
+    the student's size (1.3B-shaped) with its own weights; a different critic without weights is refused."""
+    torch.manual_seed(3)
+    weights = tmp_path / "critic.safetensors"
+    from tests.models.helpers import tiny_wan
+    own = tiny_wan(seed=5)
+    save_safetensors(own, weights)
+    big = ("teacher.preset=custom", "teacher.dim=64", "teacher.ffn_dim=128", "teacher.num_heads=4",
+           "teacher.num_layers=3")
+    cfg = cfg_of("objective.name=dmd", *big, "critic.preset=tiny", f"critic.checkpoint={weights}")
+    modules = modules_of(cfg)
+    teacher, critic = modules["teacher"], modules["critic"]
+    assert (teacher.arch.dim, teacher.arch.num_layers) == (64, 3) and (critic.arch.dim, critic.arch.num_layers) == (32, 2)
+    for (name, p), q in zip(critic.named_parameters(), own.parameters()):
+        assert torch.equal(p.float(), q.float()), name
+    assert all(p.requires_grad for p in critic.parameters()) and critic.training
+    with pytest.raises(ValueError, match="critic.checkpoint is empty"):
+        modules_of(cfg_of("objective.name=dmd", *big, "critic.preset=tiny"))
+    with pytest.raises(ValueError, match="critic.dim is set but critic.preset is 'teacher'"):
+        cfg_of("critic.dim=64")

@@ -63,11 +63,12 @@ def test_the_set_rate_is_the_one_the_optimizer_steps_with(inputs, tmp_path):
     from safetensors.torch import load_file
 
     from vidforce.train.checkpoint import export_generator
+    from vidforce import objectives
     from vidforce.train.engines import build_modules
 
     def moved(name: str, *extra: str) -> float:
         cfg = tiny("flow_matching", inputs, tmp_path / name, "train.steps=1", "optim.generator_lr=1e-3", *extra)
-        start = build_modules(cfg, ("generator",), torch.device("cpu"))["generator"].state_dict()
+        start = build_modules(cfg, objectives.build(cfg), torch.device("cpu"))["generator"].state_dict()
         train(cfg)
         end = load_file(export_generator(cfg.train.run_dir, tmp_path / f"{name}.safetensors", ema=False))
         return max((end[k].float() - start[k].float()).abs().max().item() for k in end)

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from vidforce.cli import main_train
 from vidforce.train import trainer
-from vidforce.train.trainer import main_train, train
+from vidforce.train.trainer import train
 
 from tests.train.helpers import ROOT, metrics, overrides, spawn_ranks, tiny, wait_all
 
@@ -54,7 +55,9 @@ DECREASING = [   # (objective, metric, steps, overrides): small problems where t
     # SiD against a frozen critic: the generator loss is then exactly what the generator descends.
     ("sid", "loss/generator", 20, ("objective.gen_update_every=1", "optim.critic_lr=0.0")),
     # the discriminator against a frozen generator, at moderate noise where clips are told apart.
-    ("gan", "disc_loss", 30, ("objective.gan_weight=1.0", "optim.generator_lr=0.0", "schedule.max_step=0.5",
+    ("dmd_gan", "disc_loss", 30, ("objective.gan.weight=1.0", "optim.generator_lr=0.0", "schedule.max_step=0.5",
+                                  "train.batch_size=2")),
+    ("gan", "disc_loss", 30, ("objective.gan.weight=1.0", "optim.generator_lr=0.0", "schedule.max_step=0.5",
                               "train.batch_size=2")),
 ]
 
@@ -76,8 +79,8 @@ def test_missing_inputs_fail_before_any_model_is_built(inputs, tmp_path, monkeyp
         train(tiny("dmd", inputs, tmp_path, "data.prompts=/no/prompts.txt"))
     with pytest.raises(ValueError, match="data.videos is empty"):
         train(tiny("teacher_forcing", inputs, tmp_path, "data.videos=''"))
-    with pytest.raises(FileNotFoundError, match="objective.ode_pairs not found"):
-        train(tiny("ode_init", inputs, tmp_path, "objective.ode_pairs=/no/pairs.safetensors"))
+    with pytest.raises(FileNotFoundError, match="objective.ode_init.pairs not found"):
+        train(tiny("ode_init", inputs, tmp_path, "objective.ode_init.pairs=/no/pairs.safetensors"))
     with pytest.raises(ValueError, match="drift.prompts"):
         train(tiny("dmd", inputs, tmp_path, "drift.every=1"))
 

@@ -21,11 +21,13 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-import imageio.v2 as imageio
 import numpy as np
 from tqdm import tqdm
 
+from vidforce.video_io import Mp4Writer
+
 RGB = tuple[int, int, int]
+DATA_CRF = 4           # x264 quality of the exported clips: near lossless (pixel-exact colours survive decoding)
 SHAPES = ("circle", "square", "triangle")
 MIN_COLOUR_GAP = 60.0  # least RGB distance between a sprite colour and a background colour
 
@@ -272,17 +274,10 @@ def load_spec(path: str | Path) -> WorldSpec:
     return WorldSpec(**raw)
 
 
-def write_mp4(path: str | Path, frames: np.ndarray, fps: float, crf: int = 4) -> None:
-    """Write frames [T, H, W, 3] uint8 RGB as H.264 yuv420p mp4 (H and W must be even)."""
-    if frames.shape[1] % 2 or frames.shape[2] % 2:
-        raise ValueError(f"write_mp4: {path}: yuv420p needs even height and width, "
-                         f"got {frames.shape[1:3]}")
-    writer = imageio.get_writer(str(path), fps=fps, codec="libx264", quality=None,
-                                pixelformat="yuv420p", macro_block_size=2,
-                                ffmpeg_params=["-crf", str(crf)], ffmpeg_log_level="error")
-    with writer:
-        for frame in frames:
-            writer.append_data(frame)
+def write_mp4(path: str | Path, frames: np.ndarray, fps: float, crf: int = DATA_CRF) -> None:
+    """Write a clip [T, H, W, 3] uint8 RGB as the dataset does: a plain H.264 yuv420p mp4 (H, W even)."""
+    with Mp4Writer(path, fps, crf, stream=False) as writer:
+        writer.append(frames)
 
 
 def export_mini_world(out_dir: str | Path, num_clips: int, num_frames: int, spec: WorldSpec,

@@ -156,24 +156,3 @@ def world_metrics(frames: np.ndarray, scene: Scene, speed_window: int = 3,
         "background_error": np.array(bg_err, dtype=np.float64),
     }
 
-
-def summarize(per_frame: dict[str, np.ndarray], fps: float, window_seconds: float
-              ) -> dict[str, np.ndarray]:
-    """Mean of each per-frame metric [T] over consecutive windows of ``window_seconds``.
-
-    One teacher-horizon block of K frames is ``window_seconds = K / fps``. A last, shorter window
-    is kept. NaN frames are ignored. Returns {"window_start_s": [W], metric: [W], ...}.
-    """
-    if fps <= 0 or window_seconds <= 0:
-        raise ValueError("summarize: fps and window_seconds must be > 0")
-    lengths = {len(v) for v in per_frame.values()}
-    if len(lengths) != 1:
-        raise ValueError(f"summarize: per-frame arrays differ in length: {sorted(lengths)}")
-    num_frames = lengths.pop()
-    size = max(1, int(round(window_seconds * fps)))
-    starts = np.arange(0, num_frames, size)
-    out = {"window_start_s": starts / fps}
-    for name, values in per_frame.items():
-        values = np.asarray(values, dtype=np.float64)
-        out[name] = np.array([_nanmean(values[s:s + size]) for s in starts], dtype=np.float64)
-    return out

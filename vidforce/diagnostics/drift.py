@@ -142,12 +142,6 @@ def similarity_row(unit: np.ndarray, flat: np.ndarray, k: int, upto: int) -> np.
     return sims
 
 
-def descriptor_similarity(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation of two equally shaped descriptors (see ``similarity_row``)."""
-    unit, flat = unit_descriptors([a, b])
-    return float(similarity_row(unit, flat, 1, 1)[0])
-
-
 def consistency(descriptors: list[np.ndarray]) -> tuple[list[float], list[float]]:
     """Per-window (hold_similarity, repetition) from per-window descriptors ``d``.
 

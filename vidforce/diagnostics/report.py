@@ -1,4 +1,4 @@
-"""Drift report outputs: ``drift.json``, ``drift.png`` curves, wandb logging and the CLI entry.
+"""Drift report outputs: ``drift.json``, ``drift.png`` curves, the summary table and wandb logging.
 
 ``result`` is the dict of ``DriftMeter.result()`` / ``analyze_video`` (schema in docs/drift.md).
 Consistency curves are always drawn and logged with motion next to them: a frozen video scores
@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from vidforce.diagnostics.drift import MOTION_THRESHOLD, SUMMARY_METRICS, analyze_video
+from vidforce.diagnostics.drift import MOTION_THRESHOLD, SUMMARY_METRICS
 
 PANELS = (  # (metric, title, y-axis unit)
     ("luminance", "luminance", "mean luma [0, 1]"),
@@ -138,19 +137,3 @@ def log_wandb(result: dict, step: int, prefix: str = "drift/", run=None) -> None
     payload[f"{prefix}moving_fraction"] = sum(w["moving"] for w in windows) / len(windows)
     run.log(payload, step=step)
 
-
-def main_drift(video: str, out: str, window: float) -> int:
-    """``vidforce drift VIDEO --out DIR --window SECONDS``: analyse, write report, print table.
-
-    Returns 0 on success and 2 (message on stderr) for a missing, empty or corrupt video or an
-    invalid window.
-    """
-    try:
-        result = analyze_video(video, window_seconds=window)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"vidforce drift: error: {err}", file=sys.stderr)
-        return 2
-    json_path, png_path = write_report(result, out)
-    print(format_summary(result))
-    print(f"wrote {json_path} and {png_path}")
-    return 0

@@ -15,34 +15,48 @@ from torch import nn
 
 from vidforce.config import ModelConfig, VidforceConfig, arch_of
 from vidforce.models.causal import CausalWan
-from vidforce.models.loading import Checkpoint, infer_arch, load_into, metadata_model_config
+from vidforce.models.loading import (CONFIG_JSON, Checkpoint, infer_arch, load_into, metadata_model_config, plain,
+                                     stated_arch)
 from vidforce.models.wan import WanModel
 
 ARCH_FIELDS = ("dim", "ffn_dim", "num_heads", "num_layers", "text_dim", "freq_dim", "in_dim", "out_dim",
                "patch_size", "cross_attn_norm")
 
 
-def _plain(value):
-    return list(value) if isinstance(value, (list, tuple)) else value
-
-
 def check_checkpoint(path: str | Path, model_cfg: ModelConfig, field_name: str) -> None:
     """Raise ``ValueError`` naming every config field (``model.dim``, ``teacher.num_layers`` ...) that the
     checkpoint at ``path`` contradicts. Reads headers only (cheap for 14B).
 
-    ``num_heads`` is compared only when the checkpoint's metadata stores it: weights do not determine it.
+    The weights' shapes are compared; ``num_heads`` only when the checkpoint's metadata stores it (weights do not
+    determine it). A diffusers / official ``config.json`` beside the weights is compared field by field
+    (:func:`vidforce.models.loading.stated_arch`), ``num_heads`` included.
     """
     ckpt = Checkpoint(path, model_cfg.checkpoint_key)
     try:
         found = infer_arch(ckpt.shapes, ckpt.metadata)
+        stated = stated_arch(ckpt.config, str(ckpt.files[0].parent / CONFIG_JSON)) if ckpt.config else {}
     except ValueError as err:
         raise ValueError(f"{field_name}.checkpoint {ckpt.describe()}: {err}") from None
     stored = metadata_model_config(ckpt.metadata) or {}
     fields = [f for f in ARCH_FIELDS if f != "num_heads" or "num_heads" in stored]
-    bad = [f"{field_name}.{f} is {_plain(getattr(model_cfg, f))!r} but the checkpoint has {_plain(found[f])!r}"
-           for f in fields if _plain(getattr(model_cfg, f)) != _plain(found[f])]
+    bad = [f"{field_name}.{f} is {plain(getattr(model_cfg, f))!r} but the checkpoint has {plain(found[f])!r}"
+           for f in fields if plain(getattr(model_cfg, f)) != plain(found[f])]
+    bad += _contradictions(stated, model_cfg, field_name)
     if bad:
         raise ValueError(f"{field_name}.checkpoint {ckpt.describe()} does not fit the config:\n  " + "\n  ".join(bad))
+
+
+def _contradictions(stated: dict[str, tuple[str, object]], model_cfg: ModelConfig, field_name: str) -> list[str]:
+    """``model.num_heads is 2 but config.json has num_attention_heads=4`` for each stated field that differs."""
+    out = []
+    for f, (key, value) in stated.items():
+        if f == "head_dim":
+            name, ours = f"{field_name}.dim // {field_name}.num_heads", model_cfg.dim // model_cfg.num_heads
+        else:
+            name, ours = f"{field_name}.{f}", plain(getattr(model_cfg, f))
+        if ours != value:
+            out.append(f"{name} is {ours!r} but {CONFIG_JSON} has {key}={value!r}")
+    return out
 
 
 @contextlib.contextmanager
@@ -76,6 +90,15 @@ def build_teacher(cfg: VidforceConfig, device: torch.device | str, dtype: torch.
     model = _build(lambda: WanModel(arch_of(cfg.teacher), cfg.causal.attention), cfg.teacher, "teacher",
                    device, dtype)
     return model.eval().requires_grad_(False)
+
+
+def build_critic(cfg: VidforceConfig, device: torch.device | str, dtype: torch.dtype) -> WanModel:
+    """A critic (fake score) of its own architecture, ``cfg.critic`` (weights from ``critic.checkpoint``); a
+    critic that copies the teacher is made by the caller from the teacher itself."""
+    if not cfg.critic.checkpoint:
+        raise ValueError("critic.checkpoint is empty: a critic of its own architecture (critic.preset "
+                         f"{cfg.critic.preset!r}) starts from weights, e.g. the Wan2.1 checkpoint of that size")
+    return _build(lambda: WanModel(arch_of(cfg.critic), cfg.causal.attention), cfg.critic, "critic", device, dtype)
 
 
 def build_generator(cfg: VidforceConfig, device: torch.device | str, dtype: torch.dtype) -> CausalWan:

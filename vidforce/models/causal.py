@@ -117,14 +117,15 @@ class BlockCausalPlan:
 class CachePlan:
     """Self-attention of one chunk ``[start, stop)`` against a :class:`KVCache`.
 
-    ``write=True`` (under ``no_grad``: sampling steps, the cache refresh, streaming): the chunk's K/V are
-    stored in the ring and attention reads the window in place. ``write=False`` (the step that keeps
-    grad): cached K/V are read, the chunk's own K/V appended, nothing is stored.
+    ``write=True`` (under ``no_grad``: sampling steps, the cache refresh, streaming; or the step with grad
+    when ``cache.keep_grad``): the chunk's K/V are stored in the ring and attention reads the window in
+    place. ``write=False`` (the step that keeps grad): cached K/V are read, the chunk's own K/V appended,
+    nothing is stored.
     """
 
     def __init__(self, cache: KVCache, rope: Rope, h: int, w: int, start: int, stop: int, write: bool,
                  device, backend: str):
-        if write and torch.is_grad_enabled():
+        if write and torch.is_grad_enabled() and not cache.keep_grad:
             raise RuntimeError("cache writes run under torch.no_grad(); use write=False for the step with grad")
         self.cache, self.write, self.backend = cache, write, backend
         self.layout = cache.layout(start, stop, write)

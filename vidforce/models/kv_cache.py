@@ -55,6 +55,7 @@ class KVCache:
         self.slot_frame = [-1] * capacity
         self.last_start = -1
         self.end = 0
+        self.keep_grad = False       # writes under grad keep their autograd history (rollout.cache_grad)
 
     def reset(self) -> None:
         """Forget every frame (buffers are kept; stale values are never read)."""
@@ -69,9 +70,6 @@ class KVCache:
     def in_window(self, frame: int, stop: int) -> bool:
         """Whether ``frame`` is attended by a chunk ending at ``stop``."""
         return frame < stop and (frame < self.sink or frame >= stop - (self.window - self.sink))
-
-    def cached_frames(self) -> list[int]:
-        return sorted(f for f in self.slot_frame if f >= 0)
 
     def layout(self, start: int, stop: int, write: bool) -> CacheLayout:
         """Plan one forward of frames ``[start, stop)``; in write mode also commit the bookkeeping."""
@@ -108,11 +106,28 @@ class KVCache:
         return CacheLayout(start, stop, read, write_slots, key_pos, query_pos)
 
     def write(self, layer: int, layout: CacheLayout, k: Tensor, v: Tensor) -> None:
-        """Store a chunk's ``k, v [B, H, F * tokens_per_frame, D]`` at its ring slots (no autograd)."""
+        """Store a chunk's ``k, v [B, H, F * tokens_per_frame, D]`` at its ring slots.
+
+        Detached, in place. With ``keep_grad`` (``rollout.cache_grad=exit_step``) a write under grad builds new
+        buffers that carry the chunk's autograd history, and a later write without grad (the refresh) replaces
+        the values but passes gradients through to that history (:class:`_KeepHistory`): readers' gradients
+        reach the chunk's exit step, as in Self-Forcing's public code.
+        """
         idx = layout.write_slots.to(k.device)
+        k, v = k.unflatten(2, (-1, self.tokens_per_frame)), v.unflatten(2, (-1, self.tokens_per_frame))
+        if self.keep_grad and (torch.is_grad_enabled() or self.k[layer].requires_grad):
+            grad = torch.is_grad_enabled()
+            with torch.enable_grad():
+                for bufs, new in ((self.k, k), (self.v, v)):
+                    if grad:
+                        bufs[layer] = bufs[layer].index_copy(2, idx, new)
+                    else:
+                        values = bufs[layer].detach().index_copy(2, idx, new.detach())
+                        bufs[layer] = _KeepHistory.apply(bufs[layer], values)
+            return
         with torch.no_grad():
-            self.k[layer].index_copy_(2, idx, k.detach().unflatten(2, (-1, self.tokens_per_frame)))
-            self.v[layer].index_copy_(2, idx, v.detach().unflatten(2, (-1, self.tokens_per_frame)))
+            self.k[layer].index_copy_(2, idx, k.detach())
+            self.v[layer].index_copy_(2, idx, v.detach())
 
     def read(self, layer: int, layout: CacheLayout) -> tuple[Tensor, Tensor]:
         """Cached ``k, v [B, H, n * tokens_per_frame, D]`` of the frames the chunk attends (views when
@@ -122,3 +137,15 @@ class KVCache:
             return k[:, :, layout.read].flatten(2, 3), v[:, :, layout.read].flatten(2, 3)
         idx = layout.read.to(k.device)
         return k.index_select(2, idx).flatten(2, 3), v.index_select(2, idx).flatten(2, 3)
+
+
+class _KeepHistory(torch.autograd.Function):
+    """``values`` forward, the gradient passed unchanged to ``history`` (a buffer whose values were replaced)."""
+
+    @staticmethod
+    def forward(ctx, history: Tensor, values: Tensor) -> Tensor:
+        return values.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad, None

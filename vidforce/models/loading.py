@@ -18,15 +18,17 @@ Detection rules (``fmt="auto"``), in order:
 3. Whatever precedes ``patch_embedding.weight`` (``model.``, ``module.`` ...) is a prefix, dropped from every key.
 4. Names are diffusers when a key starts with ``condition_embedder.`` / ``proj_out.`` or holds ``.attn1.``;
    otherwise wan. ``fmt="wan"`` or ``"diffusers"`` overrides this step.
+
+A ``config.json`` beside the weights whose ``_class_name`` is ``WanTransformer3DModel`` (diffusers) or ``WanModel``
+(official) states the architecture, ``num_heads`` included (the weights do not determine it):
+:func:`stated_arch` turns it into our ``ModelConfig`` fields, for ``build.check_checkpoint`` to compare.
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import os
 import pickle
-import re
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import NamedTuple
@@ -44,8 +46,25 @@ WRAPPER_FRAGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_o
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 ANCHOR = "patch_embedding.weight"
 MODEL_CONFIG_KEY = "model_config"
+CONFIG_JSON = "config.json"
+# config.json key -> our ModelConfig field ("head_dim" = dim // num_heads), per _class_name.
+CONFIG_JSON_FIELDS = {
+    "WanTransformer3DModel": {"patch_size": "patch_size", "num_attention_heads": "num_heads",
+                              "attention_head_dim": "head_dim", "in_channels": "in_dim", "out_channels": "out_dim",
+                              "text_dim": "text_dim", "freq_dim": "freq_dim", "ffn_dim": "ffn_dim",
+                              "num_layers": "num_layers", "cross_attn_norm": "cross_attn_norm", "eps": "eps",
+                              "rope_max_seq_len": "rope_max_len"},
+    "WanModel": {k: k for k in ("patch_size", "text_len", "in_dim", "dim", "ffn_dim", "freq_dim", "text_dim",
+                                "out_dim", "num_heads", "num_layers", "cross_attn_norm", "eps")},
+}
+# config.json keys with the one value our Wan2.1 text-to-video DiT implements (q/k RMS-normed across heads).
+CONFIG_JSON_FIXED = {
+    "WanTransformer3DModel": {"qk_norm": "rms_norm_across_heads", "image_dim": None, "added_kv_proj_dim": None,
+                              "pos_embed_seq_len": None},
+    "WanModel": {"model_type": "t2v", "window_size": [-1, -1], "qk_norm": True},
+}
 LIST_LIMIT = 10
-DTYPES = {"keep": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {"keep": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}   # vidforce convert
 
 _ATTN = (("q", "to_q"), ("k", "to_k"), ("v", "to_v"), ("o", "to_out.0"), ("norm_q", "norm_q"), ("norm_k", "norm_k"))
 # Wan module / parameter path -> diffusers (scripts/convert_wan_to_diffusers.py, transformer_wan.py).
@@ -88,16 +107,6 @@ def wan_to_diffusers_key(key: str) -> str:
 def diffusers_to_wan_key(key: str) -> str:
     """Inverse of :func:`wan_to_diffusers_key`."""
     return _rename(key, _TOP_BACK, _BLOCK_BACK)
-
-
-def convert_diffusers_to_wan(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Rename a diffusers ``WanTransformer3DModel`` state dict to our (official Wan) names; shapes are equal."""
-    return {diffusers_to_wan_key(k): v for k, v in sd.items()}
-
-
-def convert_wan_to_diffusers(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Rename a Wan state dict to diffusers names."""
-    return {wan_to_diffusers_key(k): v for k, v in sd.items()}
 
 
 _OUT_NAMES = {"wan": str, "diffusers": wan_to_diffusers_key}   # output naming -> key renaming
@@ -184,7 +193,7 @@ class Checkpoint:
 
     Attributes: ``files``; ``entry`` (training-checkpoint entry, ``""`` otherwise); ``names`` (``wan`` or
     ``diffusers``: the naming found); ``metadata`` (safetensors ``__metadata__`` merged over shards);
-    ``shapes`` (our name -> shape).
+    ``shapes`` (our name -> shape); ``config`` (the Wan ``config.json`` beside the weights, ``{}`` if none).
     """
 
     def __init__(self, path: str | Path, checkpoint_key: str = "auto", fmt: str = "auto"):
@@ -204,6 +213,7 @@ class Checkpoint:
         if len(set(self._ours.values())) != len(self._ours):
             raise ValueError(f"{self.path}: several keys map to the same parameter name")
         self.shapes = {self._ours[k]: shape for k, shape in raw.items()}
+        self.config = read_config_json(self.files[0].parent / CONFIG_JSON)
 
     def _read_headers(self, checkpoint_key: str) -> dict[str, tuple[int, ...]]:
         if checkpoint_key != "auto":
@@ -238,10 +248,43 @@ class Checkpoint:
                         yield self._ours[raw], self._cast(h.get_tensor(raw), dtype)
 
 
-def load_wan_state_dict(path: str | Path, checkpoint_key: str = "auto", fmt: str = "auto",
-                        dtype: torch.dtype | None = None) -> dict[str, Tensor]:
-    """The whole checkpoint as ``{our name: tensor}`` (prefer :func:`load_into` for big models)."""
-    return dict(Checkpoint(path, checkpoint_key, fmt).tensors(dtype))
+def read_config_json(path: Path) -> dict:
+    """A diffusers / official Wan ``config.json`` (``_class_name`` in :data:`CONFIG_JSON_FIELDS`), else ``{}``."""
+    if not path.is_file():
+        return {}
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"cannot read {path}: {err}") from None
+    return config if isinstance(config, dict) and config.get("_class_name") in CONFIG_JSON_FIELDS else {}
+
+
+def stated_arch(config: Mapping, where: str) -> dict[str, tuple[str, object]]:
+    """Our ModelConfig field -> ``(config.json key, value)`` for every architecture key ``config`` states.
+
+    diffusers' ``out_channels: null`` means ``in_channels``. Raises ``ValueError`` (naming ``where``) for a key
+    it does not know and for a value our DiT does not implement (an image-to-video model, another q/k norm).
+    """
+    cls = config["_class_name"]
+    fields, fixed = CONFIG_JSON_FIELDS[cls], CONFIG_JSON_FIXED[cls]
+    unknown = sorted(k for k in config if not k.startswith("_") and k not in fields and k not in fixed)
+    if unknown:
+        raise ValueError(f"{where}: {cls} config keys {unknown} are not understood by vidforce")
+    unsupported = [f"{k}={config[k]!r} (vidforce implements {v!r})" for k, v in fixed.items()
+                   if k in config and plain(config[k]) != plain(v)]
+    if unsupported:
+        raise ValueError(f"{where}: unsupported {cls} architecture: {', '.join(unsupported)}")
+    stated = {f: (k, plain(config[k])) for k, f in fields.items() if k in config}
+    if "out_dim" in stated and stated["out_dim"][1] is None:
+        del stated["out_dim"]
+        if "in_dim" in stated:
+            stated["out_dim"] = ("out_channels (null: in_channels)", stated["in_dim"][1])
+    return stated
+
+
+def plain(value):
+    """Tuples as lists, so that ``[1, 2, 2]`` from JSON equals ``(1, 2, 2)``."""
+    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 def _listing(title: str, items: list[str]) -> str:
@@ -363,37 +406,3 @@ def _write_part(shard: dict[str, Tensor], path: Path, i: int, meta: dict[str, st
     tmp = path.with_name(f".{path.name}.part{i}.tmp")
     save_file(shard, str(tmp), metadata=meta or None)
     return tmp
-
-
-def parse_size(text: str) -> int:
-    """``"5GB"`` -> 5e9, ``"512MiB"`` -> 512 * 2**20, ``"1000"`` -> 1000 bytes; ``"0"`` means no sharding."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)B?\s*", text, re.IGNORECASE)
-    if not m:
-        raise ValueError(f"--max-shard-size: cannot read size {text!r} (e.g. 5GB, 512MiB, 1000000)")
-    base = 1024 if m.group(3) else 1000
-    return int(float(m.group(1)) * base ** "_KMGT".index(m.group(2).upper() or "_"))
-
-
-def convert_parser() -> argparse.ArgumentParser:
-    """Arguments of ``vidforce convert`` / ``tools/convert_checkpoint.py``."""
-    p = argparse.ArgumentParser(prog="vidforce convert", description="Convert a Wan2.1 DiT checkpoint (official, "
-                                "diffusers, Self-Forcing .pt, vidforce export) to safetensors; see models/loading.py")
-    p.add_argument("input", help="file, index json or directory")
-    p.add_argument("output", help="output .safetensors path (shards get -0000i-of-0000N suffixes)")
-    p.add_argument("--to", choices=("wan", "diffusers"), default="wan", help="output names (wan = official = ours)")
-    p.add_argument("--format", choices=FORMATS, default="auto", help="input names (auto-detected)")
-    p.add_argument("--checkpoint-key", default="auto", help="training checkpoints: generator | generator_ema | critic")
-    p.add_argument("--dtype", choices=tuple(DTYPES), default="keep")
-    p.add_argument("--max-shard-size", default="0", help="e.g. 5GB; 0 writes one file")
-    return p
-
-
-def main_convert(argv: list[str] | None = None) -> int:
-    """Entry point of ``vidforce convert``: stream the input, rename, cast, write (sharded) safetensors."""
-    args = convert_parser().parse_args(argv)
-    ckpt = Checkpoint(args.input, args.checkpoint_key, args.format)
-    written = save_safetensors(ckpt.tensors(DTYPES[args.dtype]), args.output, ckpt.metadata,
-                               parse_size(args.max_shard_size), names=args.to)
-    print(f"converted {ckpt.describe()}: {len(ckpt.shapes)} tensors -> {args.to} names in "
-          f"{', '.join(str(w) for w in written)}")
-    return 0

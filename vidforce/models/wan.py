@@ -201,7 +201,16 @@ class WanModel(nn.Module):
         return frames // pt, height // ph, width // pw
 
     def text_kv(self, context: Tensor) -> list[tuple[Tensor, Tensor]]:
-        """Per-layer cross-attention keys/values of ``context [B, Lc, text_dim]`` (cache them per prompt)."""
+        """Per-layer cross-attention keys/values of ``context [B, Lc, text_dim]`` (cache them per prompt).
+
+        A context shorter than ``text_len`` is zero-padded to it first, as the official forward does (the
+        padding tokens are attended: their keys are those of the embedded zeros); a longer one raises.
+        """
+        short = self.arch.text_len - context.shape[1]
+        if short < 0:
+            raise ValueError(f"text context of {context.shape[1]} tokens exceeds text_len={self.arch.text_len}")
+        if short:
+            context = nn.functional.pad(context, (0, 0, 0, short))
         ctx = self.text_embedding(context.to(self.text_embedding[0].weight.dtype))
         return [blk.cross_attn.kv_of(ctx) for blk in self.blocks]
 
@@ -219,9 +228,10 @@ class WanModel(nn.Module):
                 text_kv: list[tuple[Tensor, Tensor]] | None = None, features_at: int | None = None):
         """Predict the flow ``v = eps - x0`` for latents ``x [B, T, C, H, W]`` at timesteps ``t [B, T]``.
 
-        Either ``context`` (text embeddings) or precomputed ``text_kv`` is given. ``plan`` chooses the
-        self-attention pattern (default: bidirectional over ``x``). With ``features_at = n`` it stops after
-        ``n`` blocks and returns the tokens ``[B, L, dim]`` (discriminator features) instead.
+        Either ``context`` (text embeddings ``[B, Lc <= text_len, text_dim]``, see :meth:`text_kv`) or precomputed
+        ``text_kv`` is given. ``plan`` chooses the self-attention pattern (default: bidirectional over ``x``). With
+        ``features_at = n`` it stops after ``n`` blocks and returns the tokens ``[B, L, dim]`` (discriminator
+        features) instead.
         """
         b, f, _, hgt, wid = x.shape
         grid = self.grid(f, hgt, wid)

@@ -3,11 +3,11 @@ from vidforce.objectives.base import Batch, Nets, Objective, StepContext
 from vidforce.objectives.dmd import DMD
 from vidforce.objectives.extended_dmd import ExtendedDMD
 from vidforce.objectives.forcing import DiffusionForcing, FlowMatching, TeacherForcing
-from vidforce.objectives.gan import GAN
+from vidforce.objectives.gan import DMDGAN, GAN
 from vidforce.objectives.ode_init import ODEInit
 from vidforce.objectives.sid import SiD
 
-REGISTRY: dict[str, type[Objective]] = {o.name: o for o in (DMD, ExtendedDMD, SiD, GAN, ODEInit, FlowMatching,
+REGISTRY: dict[str, type[Objective]] = {o.name: o for o in (DMD, ExtendedDMD, SiD, GAN, DMDGAN, ODEInit, FlowMatching,
                                                             DiffusionForcing, TeacherForcing)}
 
 

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from vidforce.diffusion import add_noise, cfg as guide, sample_train_sigma, x0_from_flow
-from vidforce.rollout import RolloutPlan, Sampler, rollout
+from vidforce.diffusion import add_noise, flow_target, sample_train_sigma
+from vidforce.rollout import RolloutPlan, rollout
+from vidforce.sampling import Denoiser, Guidance, Sampler
 
 
 @dataclass
@@ -50,13 +51,18 @@ class StepContext:
 
 
 class Objective:
-    """Base plugin: subclasses set ``networks`` / ``data`` and implement the losses they use."""
+    """Base plugin: subclasses set ``networks`` / ``data``, wrap the critic in the heads they need
+    (:meth:`critic_module`) and implement the losses they use."""
     name = ""
     networks: tuple[str, ...] = ("generator",)   # of generator, critic, teacher
     data = "prompts"                              # prompts | videos | ode_pairs
 
     def __init__(self, cfg):
         self.cfg = cfg
+
+    def critic_module(self, critic: nn.Module) -> nn.Module:
+        """The module the critic engine trains, built around the plain critic DiT (default: the DiT itself)."""
+        return critic
 
     def generator_turn(self, step: int) -> bool:
         return True
@@ -73,16 +79,14 @@ class Objective:
 
 def x0_of(model: nn.Module, x_t: Tensor, sigma: Tensor, text_kv) -> Tensor:
     """x0 prediction of a bidirectional model at per-frame ``sigma [B, T]``."""
-    return x0_from_flow(x_t, model(x_t, sigma * 1000.0, text_kv=text_kv), sigma)
+    return Denoiser(model, text_kv).x0(x_t, sigma)
 
 
 def teacher_x0(ctx: StepContext, x_t: Tensor, sigma: Tensor) -> Tensor:
-    """The teacher's x0 with classifier-free guidance ``x0_u + g (x0_c - x0_u)`` (``no_grad`` by caller)."""
-    teacher, g = ctx.nets.teacher, ctx.cfg.objective.guidance_scale
-    cond = x0_of(teacher, x_t, sigma, text_kv_of(ctx, "teacher", "cond"))
-    if g == 1.0:
-        return cond
-    return guide(x0_of(teacher, x_t, sigma, text_kv_of(ctx, "teacher", "uncond")), cond, g)
+    """The teacher's x0 with classifier-free guidance (``objective.guidance``; ``no_grad`` by caller)."""
+    guidance = Guidance.from_config(ctx.cfg.objective.guidance)
+    uncond = None if guidance.unguided else text_kv_of(ctx, "teacher", "uncond")
+    return Denoiser(ctx.nets.teacher, text_kv_of(ctx, "teacher", "cond"), uncond, guidance).x0(x_t, sigma)
 
 
 def text_kv_of(ctx: StepContext, net: str, which: str):
@@ -108,7 +112,7 @@ def generate(ctx: StepContext, grad: bool) -> Tensor:
     with torch.set_grad_enabled(grad):
         kv = text_kv_of(ctx, "generator", "cond")
         return rollout(ctx.nets.generator, noise, kv, ctx.sampler, p.exit_index, grad_from=grad_from,
-                       keep_from=p.window_start, stop=stop, generator=ctx.rng)
+                       keep_from=p.window_start, stop=stop, generator=ctx.rng, cache_grad=r.cache_grad)
 
 
 def noised(ctx: StepContext, x: Tensor, per_frame: bool = False) -> tuple[Tensor, Tensor, Tensor]:
@@ -118,10 +122,11 @@ def noised(ctx: StepContext, x: Tensor, per_frame: bool = False) -> tuple[Tensor
     if per_frame:
         chunk = ctx.cfg.causal.frames_per_chunk
         n_chunks = -(-t // chunk)
-        sig = sample_train_sigma((b, n_chunks), s.shift, s.min_step, s.max_step, ctx.rng, ctx.rng.device)
+        sig = sample_train_sigma((b, n_chunks), s.shift, s.min_step, s.max_step, ctx.rng, ctx.rng.device,
+                                 s.time_sampling)
         sigma = sig.to(x.device).repeat_interleave(chunk, dim=1)[:, :t]
     else:
-        sig = sample_train_sigma((b, 1), s.shift, s.min_step, s.max_step, ctx.rng, ctx.rng.device)
+        sig = sample_train_sigma((b, 1), s.shift, s.min_step, s.max_step, ctx.rng, ctx.rng.device, s.time_sampling)
         sigma = sig.to(x.device).expand(b, t)
     eps = ctx.noise(*x.shape).to(x.dtype)
     return add_noise(x, eps, sigma), eps, sigma
@@ -140,6 +145,9 @@ def frozen(module: nn.Module | None):
             p.requires_grad_(True)
 
 
-def flow_matching_loss(pred_flow: Tensor, x0: Tensor, eps: Tensor) -> Tensor:
-    """Plain flow-matching MSE ``|| v_pred - (eps - x0) ||^2`` (mean)."""
-    return (pred_flow.float() - (eps - x0).float()).square().mean()
+def flow_matching_loss(pred_flow: Tensor, x0: Tensor, eps: Tensor, weight: Tensor | None = None) -> Tensor:
+    """Flow-matching MSE ``mean(w || v_pred - (eps - x0) ||^2)``; ``weight [B, T]`` per frame (``None``: plain)."""
+    err = (pred_flow.float() - flow_target(x0, eps).float()).square()
+    if weight is None:
+        return err.mean()
+    return (err * weight.float()[(...,) + (None,) * (err.dim() - weight.dim())]).mean()

@@ -12,13 +12,16 @@ from torch import Tensor
 
 from vidforce.objectives.base import (Objective, StepContext, flow_matching_loss, generate, noised, teacher_x0,
                                       text_kv_of, x0_of)
+from vidforce.sampling import Denoiser
 
 
 def dmd_direction(x: Tensor, real_x0: Tensor, fake_x0: Tensor) -> Tensor:
-    """DMD update direction ``(fake - real) / mean|x - real|`` per sample (NaN-safe); all ``[B, ...]``."""
+    """DMD update direction ``(fake - real) / mean|x - real|`` per sample; all ``[B, ...]``. A sample whose
+    normaliser is 0 (``x`` equals the teacher's x0) gets direction 0, not inf or NaN."""
     dims = tuple(range(1, x.dim()))
     norm = (x.float() - real_x0.float()).abs().mean(dim=dims, keepdim=True)
-    return torch.nan_to_num((fake_x0.float() - real_x0.float()) / norm)
+    diff = fake_x0.float() - real_x0.float()
+    return torch.where(norm > 0, diff / torch.where(norm > 0, norm, torch.ones_like(norm)), torch.zeros_like(diff))
 
 
 def dmd_loss(x: Tensor, direction: Tensor) -> Tensor:
@@ -53,6 +56,6 @@ class DMD(Objective):
         with torch.no_grad():
             x = generate(ctx, grad=False)
         x_t, eps, sigma = noised(ctx, x)
-        pred = ctx.nets.critic(x_t, sigma * 1000.0, text_kv=text_kv_of(ctx, "critic", "cond"))
+        pred = Denoiser(ctx.nets.critic, text_kv_of(ctx, "critic", "cond")).flow(x_t, sigma)
         loss = flow_matching_loss(pred, x, eps)
         return loss, {"critic_loss": loss.item()}

@@ -1,7 +1,7 @@
 """Data-trained objectives: the bidirectional teacher and the causal baselines.
 
 - ``flow_matching``: bidirectional flow matching (the teacher; CFG dropout replaces the prompt by the
-  negative one with probability ``objective.cfg_dropout``).
+  negative one with probability ``objective.flow_matching.cfg_dropout``).
 - ``teacher_forcing``: each chunk noised at its own sigma; noisy chunk ``c`` sees the *clean* frames of
   earlier chunks (full-sequence forward with a clean stream).
 - ``diffusion_forcing``: independent per-chunk noise levels, block-causal over the noisy sequence.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from vidforce.diffusion import t_from_sigma
 from vidforce.objectives.base import Objective, StepContext, flow_matching_loss, noised
 
 
@@ -35,8 +36,8 @@ class FlowMatching(Objective):
     def generator_loss(self, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
         x = _latents(ctx, self.name)
         x_t, eps, sigma = noised(ctx, x)
-        ctx_emb = dropout_context(ctx.batch.cond, ctx.batch.uncond, self.cfg.objective.cfg_dropout, ctx.rng)
-        pred = ctx.nets.generator(x_t, sigma * 1000.0, ctx_emb)
+        ctx_emb = dropout_context(ctx.batch.cond, ctx.batch.uncond, self.cfg.objective.flow_matching.cfg_dropout, ctx.rng)
+        pred = ctx.nets.generator(x_t, t_from_sigma(sigma), ctx_emb)
         loss = flow_matching_loss(pred, x, eps)
         return loss, {"fm_loss": loss.item()}
 
@@ -52,7 +53,7 @@ class DiffusionForcing(Objective):
     def generator_loss(self, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
         x = _latents(ctx, self.name)
         x_t, eps, sigma = noised(ctx, x, per_frame=True)
-        pred = ctx.nets.generator.forward_full(x_t, sigma * 1000.0, ctx.batch.cond, **self.context(x, sigma))
+        pred = ctx.nets.generator.forward_full(x_t, t_from_sigma(sigma), ctx.batch.cond, **self.context(x, sigma))
         loss = flow_matching_loss(pred, x, eps)
         return loss, {f"{self.name}_loss": loss.item()}
 
@@ -61,5 +62,5 @@ class TeacherForcing(DiffusionForcing):
     name = "teacher_forcing"
 
     def context(self, x: Tensor, sigma: Tensor) -> dict:
-        """The clean frames (at ``objective.teacher_forcing_noise``) as the causal context."""
-        return {"clean": x, "clean_t": torch.full_like(sigma, self.cfg.objective.teacher_forcing_noise)}
+        """The clean frames (at ``objective.teacher_forcing.context_noise``) as the causal context."""
+        return {"clean": x, "clean_t": torch.full_like(sigma, self.cfg.objective.teacher_forcing.context_noise)}

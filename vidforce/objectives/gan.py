@@ -1,4 +1,5 @@
-"""DMD + a GAN on critic features (DMD2-style), with real clips from the video dataset.
+"""GAN objectives on critic features, with real clips from the video dataset: ``dmd_gan`` (DMD + GAN,
+DMD2-style) and ``gan`` (GAN only, Self Forcing's GAN variant).
 
 The discriminator is a small head on the critic's token features at the noisy input ``x_t``
 (:class:`CriticWithHead`). Losses (pure functions): non-saturating ``softplus(-D(fake))`` for the
@@ -13,9 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vidforce.diffusion import add_noise
+from vidforce.diffusion import add_noise, t_from_sigma
 from vidforce.objectives.base import StepContext, flow_matching_loss, frozen, generate, noised, text_kv_of
 from vidforce.objectives.dmd import DMD, dmd_direction, dmd_loss
+from vidforce.sampling import Denoiser
 
 
 class CriticWithHead(nn.Module):
@@ -64,51 +66,84 @@ def finite_difference_penalty(logits: Tensor, perturbed_logits: Tensor, sigma: f
     return (perturbed_logits - logits).square().mean() / sigma ** 2
 
 
-class GAN(DMD):
-    name = "gan"
+class DMDGAN(DMD):
+    """DMD + a GAN on critic features (DMD2-style): the generator adds ``gan.weight`` x the GAN loss to DMD's;
+    the critic adds ``gan.weight`` x the discriminator loss to its flow matching."""
+    name = "dmd_gan"
     data = "videos"
 
+    def critic_module(self, critic: nn.Module) -> nn.Module:
+        return CriticWithHead(critic).to(next(critic.parameters()).device)
+
     def _logits(self, ctx: StepContext, x_t: Tensor, sigma: Tensor) -> Tensor:
-        return ctx.nets.critic.logits(x_t, sigma * 1000.0, text_kv_of(ctx, "critic", "cond"))
+        return ctx.nets.critic.logits(x_t, t_from_sigma(sigma), text_kv_of(ctx, "critic", "cond"))
 
     def _real_noisy(self, ctx: StepContext, sigma: Tensor) -> Tensor:
         real = ctx.batch.latents
         if real is None:
-            raise ValueError("objective.name=gan needs real clips: set data.videos")
+            raise ValueError(f"objective.name={self.name} needs real clips: set data.videos")
         k = ctx.cfg.rollout.num_frames
         real = real[:, :k]
         return add_noise(real, ctx.noise(*real.shape).to(real.dtype), sigma)
+
+    def _generator_gan(self, ctx: StepContext, x: Tensor) -> Tensor:
+        """The generator's GAN loss on a fresh noising of the rollout ``x`` (critic frozen)."""
+        x_t_grad, _, sigma = noised(ctx, x)
+        with frozen(ctx.nets.critic):
+            fake_logits = self._logits(ctx, x_t_grad, sigma)
+            real_logits = None
+            if self.cfg.objective.gan.relativistic:
+                with torch.no_grad():
+                    real_logits = self._logits(ctx, self._real_noisy(ctx, sigma), sigma)
+        return generator_gan_loss(fake_logits, real_logits)
 
     def generator_loss(self, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
         x = generate(ctx, grad=True)
         x_t, real_x0, fake_x0 = self.scores(ctx, x)
         direction = dmd_direction(x.detach(), real_x0, fake_x0)
-        x_t_grad, _, sigma = noised(ctx, x)
-        with frozen(ctx.nets.critic):
-            fake_logits = self._logits(ctx, x_t_grad, sigma)
-            real_logits = None
-            if self.cfg.objective.gan_relativistic:
-                with torch.no_grad():
-                    real_logits = self._logits(ctx, self._real_noisy(ctx, sigma), sigma)
-        gan = generator_gan_loss(fake_logits, real_logits)
-        loss = dmd_loss(x, direction) + self.cfg.objective.gan_weight * gan
+        gan = self._generator_gan(ctx, x)
+        loss = dmd_loss(x, direction) + self.cfg.objective.gan.weight * gan
         return loss, {"dmd_grad_norm": direction.norm().item(), "gen_gan_loss": gan.item()}
 
-    def critic_loss(self, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
-        o = self.cfg.objective
-        with torch.no_grad():
-            x = generate(ctx, grad=False)
-        x_t, eps, sigma = noised(ctx, x)
-        kv = text_kv_of(ctx, "critic", "cond")
-        fm = flow_matching_loss(ctx.nets.critic(x_t, sigma * 1000.0, text_kv=kv), x, eps)
+    def _discriminator(self, ctx: StepContext, x: Tensor, x_t: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+        """``gan.weight`` x (discriminator loss + R1 / R2 penalties) on real clips vs ``x_t``, and the plain
+        discriminator loss."""
+        o = self.cfg.objective.gan
         real_t = self._real_noisy(ctx, sigma)
         real_logits, fake_logits = self._logits(ctx, real_t, sigma), self._logits(ctx, x_t, sigma)
-        d = discriminator_loss(real_logits, fake_logits, o.gan_relativistic)
-        loss = fm + o.gan_weight * d
+        d = discriminator_loss(real_logits, fake_logits, o.relativistic)
+        loss = o.weight * d
         if o.r1_weight:
             pert = self._logits(ctx, real_t + o.r_sigma * ctx.noise(*real_t.shape), sigma)
             loss = loss + o.r1_weight * finite_difference_penalty(real_logits, pert, o.r_sigma)
         if o.r2_weight:
             pert = self._logits(ctx, x_t + o.r_sigma * ctx.noise(*x_t.shape), sigma)
             loss = loss + o.r2_weight * finite_difference_penalty(fake_logits, pert, o.r_sigma)
-        return loss, {"critic_loss": fm.item(), "disc_loss": d.item()}
+        return loss, d
+
+    def critic_loss(self, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
+        with torch.no_grad():
+            x = generate(ctx, grad=False)
+        x_t, eps, sigma = noised(ctx, x)
+        kv = text_kv_of(ctx, "critic", "cond")
+        fm = flow_matching_loss(Denoiser(ctx.nets.critic, kv).flow(x_t, sigma), x, eps)
+        disc, d = self._discriminator(ctx, x, x_t, sigma)
+        return fm + disc, {"critic_loss": fm.item(), "disc_loss": d.item()}
+
+
+class GAN(DMDGAN):
+    """GAN only (Self Forcing's GAN variant): no DMD term for the generator, no flow matching for the
+    discriminator; the critic DiT (initialised from the teacher) is the discriminator's backbone."""
+    name = "gan"
+    networks = ("generator", "critic")
+
+    def generator_loss(self, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
+        gan = self._generator_gan(ctx, generate(ctx, grad=True))
+        return self.cfg.objective.gan.weight * gan, {"gen_gan_loss": gan.item()}
+
+    def critic_loss(self, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
+        with torch.no_grad():
+            x = generate(ctx, grad=False)
+        x_t, _, sigma = noised(ctx, x)
+        disc, d = self._discriminator(ctx, x, x_t, sigma)
+        return disc, {"disc_loss": d.item()}

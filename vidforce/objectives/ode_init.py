@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from vidforce.diffusion import x0_from_flow
 from vidforce.objectives.base import Objective, StepContext, text_kv_of
+from vidforce.sampling import Denoiser
 
 
 def ode_regression_inputs(trajectory: Tensor, sigmas: Tensor, steps: Tensor, chunk: int) -> tuple[Tensor, Tensor]:
@@ -35,7 +35,7 @@ class ODEInit(Objective):
     def generator_loss(self, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
         traj = ctx.batch.trajectory
         if traj is None:
-            raise ValueError("objective.name=ode_init needs ODE pairs: set objective.ode_pairs")
+            raise ValueError("objective.name=ode_init needs ODE pairs: set objective.ode_init.pairs")
         n_steps = traj.shape[1] - 1
         if n_steps != len(ctx.sampler.sigmas):
             raise ValueError(f"ODE pairs hold {n_steps} steps but schedule.denoising_steps has "
@@ -45,6 +45,6 @@ class ODEInit(Objective):
         steps = torch.randint(n_steps, (traj.shape[0], n_chunks), generator=ctx.rng, device=ctx.rng.device)
         x, sigma = ode_regression_inputs(traj, torch.tensor(ctx.sampler.sigmas), steps, chunk)
         kv = text_kv_of(ctx, "generator", "cond")
-        pred = x0_from_flow(x, ctx.nets.generator.forward_full(x, sigma * 1000.0, text_kv=kv), sigma)
+        pred = Denoiser(ctx.nets.generator.forward_full, kv).x0(x, sigma)
         loss = ode_loss(pred, traj[:, -1])
         return loss, {"ode_loss": loss.item()}

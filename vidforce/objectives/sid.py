@@ -31,5 +31,5 @@ class SiD(DMD):
         with frozen(ctx.nets.critic):
             real = teacher_x0(ctx, x_t, sigma)
             fake = x0_of(ctx.nets.critic, x_t, sigma, text_kv_of(ctx, "critic", "cond"))
-        loss = sid_loss(x, real, fake, ctx.cfg.objective.sid_alpha)
+        loss = sid_loss(x, real, fake, ctx.cfg.objective.sid.alpha)
         return loss, {"sid_loss": loss.item()}

@@ -6,8 +6,8 @@ Every model generates from the same fixed scenes (seed -> ``Scene`` -> ``prompt_
 - few-step students (ode_init, self_forcing, self_forcing_more, self_forcing_pp): the streaming chunk step
   (:func:`vidforce.rollout.rollout`, exit at the last step, inference rolling cache, no grad);
 - data-trained causal baselines (teacher_forcing, diffusion_forcing): they are not distilled, so each chunk
-  is sampled with a many-step Euler ODE (:func:`euler_sample`) against the same rolling cache, then committed
-  with the same clean-context refresh (:func:`vidforce.rollout.refresh_cache`);
+  is sampled with a many-step Euler ODE (``sampling.Sampler(solver="euler")``) against the same rolling
+  cache and committed with the same refresh (both :func:`causal_sampler`);
 - the bidirectional teacher: K frames only, the many-step Euler ODE with CFG (the sampler of its ODE pairs).
 
 A causal model's first ``h K`` frames do not depend on what follows, so one ``10 K`` rollout gives every
@@ -42,8 +42,8 @@ from vidforce.data.mini_world import WorldSpec, prompt_for, render, scene_for_se
 from vidforce.data.video import read_frames
 from vidforce.data.world_metrics import world_metrics
 from vidforce.diagnostics import analyze_frames
-from vidforce.diffusion import cfg as guide, shift_sigma
-from vidforce.rollout import Sampler, frame_timesteps, refresh_cache, rollout
+from vidforce.rollout import rollout
+from vidforce.sampling import Denoiser, Guidance, Sampler, euler
 from vidforce.video_io import to_uint8_frames
 
 WORLD_KEYS = ("count_accuracy", "count_error", "size_error", "colour_error", "speed_ratio", "background_error")
@@ -67,67 +67,25 @@ class EvalSetup:
 
 # ---------------------------------------------------------------- samplers
 
-def euler_sigmas(steps: int, shift: float) -> tuple[float, ...]:
-    """Decreasing Euler grid ``shift_sigma(linspace(1, 0, steps + 1))`` (the ODE-pair sampler's spacing)."""
-    if steps < 1:
-        raise ValueError(f"euler steps must be >= 1, got {steps}")
-    return tuple(float(shift_sigma(1.0 - i / steps, shift)) for i in range(steps + 1))
-
-
-def euler_sample(flow: Callable[[Tensor, float], Tensor], noise: Tensor, sigmas: tuple[float, ...]) -> Tensor:
-    """Euler ODE ``x <- x + (s_next - s) v(x, s)`` from ``noise`` at ``sigmas[0]`` to x0 at ``sigmas[-1] = 0``."""
-    x = noise
-    for s, s_next in zip(sigmas[:-1], sigmas[1:]):
-        x = x + (s_next - s) * flow(x, s)
-    return x
-
-
-def teacher_flow(teacher, cond, uncond, guidance: float) -> Callable[[Tensor, float], Tensor]:
-    """Bidirectional flow with CFG ``v_u + g (v_c - v_u)`` (``cond`` / ``uncond`` text embeddings)."""
-    kv_c, kv_u = teacher.text_kv(cond), teacher.text_kv(uncond)
-
-    def flow(x: Tensor, s: float) -> Tensor:
-        v_c = teacher(x, frame_timesteps(s, x), text_kv=kv_c)
-        return v_c if guidance == 1.0 else guide(teacher(x, frame_timesteps(s, x), text_kv=kv_u), v_c, guidance)
-    return flow
-
-
-def teacher_sampler(teacher, text, negative: str, sigmas, guidance: float) -> SampleFn:
-    """The bidirectional teacher: all frames at once, many-step Euler with CFG."""
+def teacher_sampler(teacher, text, negative: str, sigmas: tuple[float, ...], guidance: Guidance) -> SampleFn:
+    """The bidirectional teacher: all frames at once, the guided Euler ODE on ``sigmas``."""
     @torch.no_grad()
     def sample(prompts: list[str], noise: Tensor) -> Tensor:
-        cond = text.encode(prompts).to(noise.device)
-        uncond = text.encode([negative] * len(prompts)).to(noise.device)
-        return euler_sample(teacher_flow(teacher, cond, uncond, guidance), noise, sigmas)
+        kv_c = teacher.text_kv(text.encode(prompts).to(noise.device))
+        kv_u = teacher.text_kv(text.encode([negative] * len(prompts)).to(noise.device))
+        return euler(Denoiser(teacher, kv_c, kv_u, guidance).flow, noise, sigmas)[0]
     return sample
 
 
-def few_step_sampler(model, text, sampler: Sampler) -> SampleFn:
-    """A distilled causal student: the streaming chunk step (few steps, rolling cache, refresh). The
-    re-noising between steps draws from one generator seeded 0 per batch."""
+def causal_sampler(model, text, sampler: Sampler) -> SampleFn:
+    """A causal model through the streaming chunk step (rolling cache, refresh): a distilled student with its
+    few-step sampler, a data-trained baseline with ``Sampler(euler grid, solver="euler")``. The few-step
+    re-noising draws from one generator seeded 0 per batch."""
     @torch.no_grad()
     def sample(prompts: list[str], noise: Tensor) -> Tensor:
         kv = model.text_kv(text.encode(prompts).to(noise.device))
         rng = torch.Generator(noise.device).manual_seed(0)
-        return rollout(model, noise, kv, sampler, len(sampler.sigmas) - 1, generator=rng)
-    return sample
-
-
-def euler_causal_sampler(model, text, sigmas, context: Sampler) -> SampleFn:
-    """A data-trained causal model: many-step Euler per chunk on the rolling cache, then the refresh pass."""
-    @torch.no_grad()
-    def sample(prompts: list[str], noise: Tensor) -> Tensor:
-        kv = model.text_kv(text.encode(prompts).to(noise.device))
-        b, n, _, h, w = noise.shape
-        cache = model.new_cache(b, h, w, n, noise.device, next(model.parameters()).dtype)
-        outs = []
-        for start in range(0, n, model.frames_per_chunk):
-            chunk = noise[:, start:start + model.frames_per_chunk]
-            flow = lambda x, s: model.forward_chunk(x, frame_timesteps(s, x), cache, start, write=True, text_kv=kv)  # noqa: E731
-            x0 = euler_sample(flow, chunk, sigmas)
-            refresh_cache(model, x0, cache, start, kv, context)
-            outs.append(x0)
-        return torch.cat(outs, dim=1)
+        return rollout(model, noise, kv, sampler, sampler.last, generator=rng)
     return sample
 
 

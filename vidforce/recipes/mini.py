@@ -43,7 +43,7 @@ STAGES = ("data", "teacher", "ode_pairs", "ode_init", "teacher_forcing", "diffus
           "self_forcing_more", "self_forcing_pp", "evaluate")
 TRAINED = {  # stage -> (config field, stage whose artifact it loads)
     "teacher": (),
-    "ode_init": (("model.checkpoint", "teacher"), ("objective.ode_pairs", "ode_pairs")),
+    "ode_init": (("model.checkpoint", "teacher"), ("objective.ode_init.pairs", "ode_pairs")),
     "teacher_forcing": (("model.checkpoint", "teacher"),),
     "diffusion_forcing": (("model.checkpoint", "teacher"),),
     "self_forcing": (("model.checkpoint", "ode_init"), ("teacher.checkpoint", "teacher")),
@@ -162,7 +162,7 @@ def run_ode_pairs(mini: Mini) -> dict:
     p = mini.recipe["ode_pairs"]
     cfg = stage_config(mini, "ode_init", (f"teacher.checkpoint={mini.artifact('teacher')}",))
     make_ode_pairs(cfg, mini.artifact("ode_pairs"), p["num"], p["steps"], p["batch"], p["seed"])
-    return {"num": p["num"], "euler_steps": p["steps"], "guidance_scale": cfg.objective.guidance_scale}
+    return {"num": p["num"], "euler_steps": p["steps"], "guidance_scale": cfg.objective.guidance.scale}
 
 
 def fingerprint(path: Path, **settings) -> str:
@@ -177,23 +177,23 @@ def eval_samplers(mini: Mini, cfg, device) -> tuple[dict, dict[str, str]]:
     (``{name: (sample_fn, multiple)}``), and each one's :func:`fingerprint` (``{name: str}``)."""
     from vidforce.recipes import evaluate as ev  # noqa: PLC0415
     from vidforce.models.build import build_generator, build_teacher  # noqa: PLC0415
-    from vidforce.rollout import Sampler  # noqa: PLC0415
+    from vidforce.sampling import Guidance, Sampler, euler_grid  # noqa: PLC0415
     e, text = mini.recipe["evaluate"], components.text_encoder(cfg, device)
-    sigmas = ev.euler_sigmas(e["euler_steps"], cfg.schedule.shift)
+    sigmas = euler_grid(e["euler_steps"], cfg.schedule.shift)
     teacher = build_teacher(cfg, device, torch.float32)
-    teacher_sigmas = ev.euler_sigmas(e["teacher_euler_steps"], cfg.schedule.shift)
-    guidance, negative = cfg.objective.guidance_scale, cfg.data.negative_prompt
+    teacher_sigmas = euler_grid(e["teacher_euler_steps"], cfg.schedule.shift)
+    guidance, negative = Guidance.from_config(cfg.objective.guidance), cfg.data.negative_prompt
     samplers = {"teacher": (ev.teacher_sampler(teacher, text, negative, teacher_sigmas, guidance), 1)}
-    prints = {"teacher": fingerprint(mini.artifact("teacher"), euler=teacher_sigmas, guidance=guidance,
+    prints = {"teacher": fingerprint(mini.artifact("teacher"), euler=teacher_sigmas, guidance=guidance.scale,
                                      negative=negative, multiple=1)}
     for stage in (s for s in TRAINED if s != "teacher"):
         scfg = stage_config(mini, stage, (f"model.checkpoint={mini.artifact(stage)}",))
         model, steps = build_generator(scfg, device, torch.float32).eval(), Sampler.from_config(scfg.schedule)
         if stage in ("teacher_forcing", "diffusion_forcing"):      # not distilled: many-step Euler per chunk
-            sample, settings = ev.euler_causal_sampler(model, text, sigmas, steps), {"euler": sigmas}
+            steps, settings = Sampler(sigmas, steps.context_sigma, "euler"), {"euler": sigmas}
         else:
-            sample, settings = ev.few_step_sampler(model, text, steps), {"sigmas": steps.sigmas}
-        samplers[stage] = (sample, max(e["multiples"]))
+            settings = {"sigmas": steps.sigmas}
+        samplers[stage] = (ev.causal_sampler(model, text, steps), max(e["multiples"]))
         prints[stage] = fingerprint(mini.artifact(stage), **settings, context_sigma=steps.context_sigma,
                                     causal=asdict(scfg.causal), multiple=max(e["multiples"]))
     return samplers, prints

@@ -7,7 +7,7 @@
   latent size times the codec factor), drawn by a rank-sharded
   ``ClipSampler``, encoded to ``latents`` by the codec; ``cond`` = caption embeddings. With ``data.cache_clips``
   every clip is decoded once, up front, by a thread pool.
-- ``ode_pairs``: ``objective.ode_pairs`` from ``tools/make_ode_pairs.py``, read one pair at a time
+- ``ode_pairs``: ``objective.ode_init.pairs`` from ``tools/make_ode_pairs.py``, read one pair at a time
   (``trajectory [S+1, T, C, H, W]``, ``text [L, D]``).
 ``uncond`` is the embedding of ``data.negative_prompt``, encoded once. Reading is synchronous, so the
 sampler position is exactly what the trainer consumed (checkpointed for exact resume).
@@ -40,17 +40,17 @@ class ODEPairs:
 
     def __init__(self, path: str):
         if not path:
-            raise ValueError("objective.ode_pairs is empty: make pairs with tools/make_ode_pairs.py")
+            raise ValueError("objective.ode_init.pairs is empty: make pairs with tools/make_ode_pairs.py")
         self.path = Path(path)
         if not self.path.is_file():
-            raise FileNotFoundError(f"objective.ode_pairs not found: {self.path}")
+            raise FileNotFoundError(f"objective.ode_init.pairs not found: {self.path}")
         with safe_open(self.path, "pt") as f:
             missing = {"trajectory", "text"} - set(f.keys())
             if missing:
-                raise ValueError(f"objective.ode_pairs {self.path} lacks {sorted(missing)}")
+                raise ValueError(f"objective.ode_init.pairs {self.path} lacks {sorted(missing)}")
             self.shape = tuple(f.get_slice("trajectory").get_shape())
             if f.get_slice("text").get_shape()[0] != self.shape[0]:
-                raise ValueError(f"objective.ode_pairs {self.path}: trajectory and text disagree on the pair count")
+                raise ValueError(f"objective.ode_init.pairs {self.path}: trajectory and text disagree on the pair count")
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -85,7 +85,7 @@ class BatchSource:
                 self.clips.fill_cache(workers=min(8, os.cpu_count() or 1))
             self.order = ClipSampler(len(self.clips), seed, rank, world)
         elif kind == "ode_pairs":
-            self.pairs = ODEPairs(cfg.objective.ode_pairs)
+            self.pairs = ODEPairs(cfg.objective.ode_init.pairs)
             self.order = ClipSampler(len(self.pairs), seed, rank, world)
         else:
             raise ValueError(f"objective data kind must be prompts, videos or ode_pairs, got {kind!r}")

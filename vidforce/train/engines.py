@@ -2,9 +2,10 @@
 
 - **generator**: the chunk-causal student (``models.build.build_generator``), built in fp32 so DeepSpeed's
   fp32 master weights are exact; ZeRO stage ``train.generator_zero_stage``.
-- **critic** (``"critic" in objective.networks``): a deep copy of the *teacher's* weights made before any
-  ``deepspeed.initialize`` (two engines never wrap the same module objects); for ``objective.name=gan`` it
-  is wrapped in ``objectives.gan.CriticWithHead``. ZeRO stage ``train.critic_zero_stage``.
+- **critic** (``"critic" in objective.networks``): with ``critic.preset: teacher`` a deep copy of the
+  *teacher's* weights made before any ``deepspeed.initialize`` (two engines never wrap the same module
+  objects), else its own model (``critic.*``: e.g. a 1.3B fake score beside a 14B teacher); wrapped in the
+  heads the objective needs (``objective.critic_module``). ZeRO stage ``train.critic_zero_stage``.
 - **teacher**: frozen (eval, ``requires_grad=False``) in the training precision, replicated, or partitioned
   by a stage-3 engine without optimizer when ``train.teacher_zero3`` (never ``init_inference``).
 Every engine gets ``gradient_clipping = optim.grad_clip`` explicitly (DeepSpeed >= 0.19.3 defaults to 1.0)
@@ -18,10 +19,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from vidforce.models.build import build_generator, build_teacher
+from vidforce.config import critic_copies_teacher
+from vidforce.models.build import build_critic, build_generator, build_teacher
 from vidforce.models.wan import WanModel
-from vidforce.objectives import Nets
-from vidforce.objectives.gan import CriticWithHead
+from vidforce.objectives import Nets, Objective
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -89,18 +90,20 @@ class Engines:
         return {name: e for name, e in (("generator", self.generator), ("critic", self.critic)) if e is not None}
 
 
-def build_modules(cfg, networks: tuple[str, ...], device: torch.device) -> dict[str, nn.Module]:
-    """Plain modules before ``deepspeed.initialize``: ``generator`` (fp32), ``critic`` (a deep copy of the
-    teacher, grad on), ``teacher`` (frozen, training precision). Seeded so every rank builds the same weights."""
+def build_modules(cfg, objective: Objective, device: torch.device) -> dict[str, nn.Module]:
+    """Plain modules before ``deepspeed.initialize`` for ``objective.networks``: ``generator`` (fp32),
+    ``critic`` (the teacher's copy or its own model, grad on, in the objective's heads), ``teacher`` (frozen,
+    training precision). Seeded so every rank builds the same weights."""
+    networks, dtype = objective.networks, DTYPES[cfg.train.precision]
     torch.manual_seed(cfg.train.seed)
     out = {"generator": build_generator(cfg, device, torch.float32).train()}
-    if "critic" in networks or "teacher" in networks:
-        teacher = build_teacher(cfg, device, DTYPES[cfg.train.precision])
-        if "critic" in networks:
-            critic = copy.deepcopy(teacher).train().requires_grad_(True)
-            out["critic"] = CriticWithHead(critic).to(device) if cfg.objective.name == "gan" else critic
-        if "teacher" in networks:
-            out["teacher"] = teacher
+    copies = "critic" in networks and critic_copies_teacher(cfg)
+    teacher = build_teacher(cfg, device, dtype) if "teacher" in networks or copies else None
+    if "critic" in networks:
+        critic = copy.deepcopy(teacher) if copies else build_critic(cfg, device, dtype)
+        out["critic"] = objective.critic_module(critic.train().requires_grad_(True))
+    if "teacher" in networks:
+        out["teacher"] = teacher
     for module in out.values():
         prepare_dits(module, cfg.train.activation_checkpointing, cfg.train.compile)
     return out

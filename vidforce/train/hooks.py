@@ -6,36 +6,30 @@ raw weights, under ``no_grad`` with the inference cache (``causal.window`` + ``s
 and every denoising step, decodes each chunk with the codec's stream decoder as it comes
 (``rollout.rollout(..., on_chunk=...)``; only the last chunk's latents are kept), and feeds the frames to a
 ``diagnostics.DriftMeter``. Writes ``run_dir/drift/step_N/<p>_s<seed>/drift.{json,png}``, an mp4 of the
-first pair when imageio can write one, and logs the curves to wandb. Other ranks wait at a barrier.
+first pair when imageio can write one (``video_io.Mp4Writer``: playable while it grows), and logs the curves
+to wandb. Other ranks wait at a barrier.
 """
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from vidforce.config import arch_of
 from vidforce.diagnostics import DriftMeter, log_wandb, write_report
 from vidforce.models.causal import CausalWan
-from vidforce.rollout import Sampler, rollout
+from vidforce.rollout import rollout
+from vidforce.sampling import Sampler
 from vidforce.train import dist
 from vidforce.train.ema import full_state_dict
+from vidforce.video_io import Mp4Writer, to_uint8_frames
 
 
-def to_uint8(video: torch.Tensor) -> np.ndarray:
-    """``[T, 3, H, W]`` in [-1, 1] -> ``uint8 [T, H, W, 3]``."""
-    pixels = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return pixels.permute(0, 2, 3, 1).cpu().numpy()
-
-
-def open_writer(path: Path, fps: float):
-    """An imageio mp4 writer, or None (with a warning) when imageio / ffmpeg cannot write here."""
+def open_writer(path: Path, fps: float) -> Mp4Writer | None:
+    """The preview's mp4 writer, or None (with a warning) when imageio / ffmpeg cannot write here."""
     try:
-        import imageio.v2 as imageio  # noqa: PLC0415
-        return imageio.get_writer(str(path), fps=fps, codec="libx264", quality=None, pixelformat="yuv420p",
-                                  macro_block_size=2, ffmpeg_log_level="error")
+        return Mp4Writer(path, fps)
     except (ImportError, OSError, RuntimeError, ValueError) as err:
         warnings.warn(f"drift hook: no mp4 ({err})")
         return None
@@ -99,10 +93,11 @@ class DriftHook:
         decoder = self.codec.stream_decoder()
 
         def on_chunk(start: int, x0: torch.Tensor) -> None:
-            for frame in to_uint8(decoder.decode(x0.float())[0]):
+            frames = to_uint8_frames(decoder.decode(x0.float())[0])
+            for frame in frames:
                 meter.update(frame)
-                if writer is not None:
-                    writer.append_data(frame)
+            if writer is not None:
+                writer.append(frames)
 
         cache = model.new_cache(1, h, w, n, self.device, self.dtype)
         text_kv = model.text_kv(self.text.encode([prompt]).to(self.device))

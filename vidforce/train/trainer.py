@@ -1,4 +1,4 @@
-"""The training loop: ``train(cfg) -> summary``, and the CLI entries ``main_train`` / ``main_export``.
+"""The training loop: ``train(cfg) -> summary`` (``vidforce train`` / ``export``: ``vidforce.cli``).
 
 One iteration (``step``, 0-based): draw ``train.grad_accum`` micro-batches; if ``objective.critic_turn(step)``
 the critic engine runs backward + step on each of them, then, if ``objective.generator_turn(step)``, the
@@ -11,10 +11,7 @@ The trainer holds no loss maths: it only calls ``objective.critic_loss`` / ``gen
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import resource
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +20,11 @@ import numpy as np
 import torch
 
 from vidforce import components, objectives
-from vidforce.config import load, to_yaml
+from vidforce.config import to_yaml
 from vidforce.objectives import StepContext
 from vidforce.objectives.base import frozen
-from vidforce.rollout import Sampler, draw_plan
+from vidforce.rollout import draw_plan
+from vidforce.sampling import Sampler
 from vidforce.train import checkpoint, dist
 from vidforce.train.data import BatchSource
 from vidforce.train.ema import EMA
@@ -34,7 +32,7 @@ from vidforce.train.engines import DTYPES, Engines, base_lr, build_modules, wrap
 from vidforce.train.hooks import DriftHook
 from vidforce.train.lr import lr_factor
 from vidforce.train.logging import MetricLogger
-from vidforce.train.watchdog import RankFailure, RankWatchdog, connect
+from vidforce.train.watchdog import RankWatchdog, connect
 
 ROLE_IDS = {"critic": 1, "generator": 2}
 
@@ -92,7 +90,7 @@ def zero_stages(cfg, networks: tuple[str, ...]) -> dict[str, int]:
 
 def build_engines(cfg, objective, device: torch.device, ckpt: Path | None, state: dict | None) -> Engines:
     """Modules -> engines, restoring a checkpoint as ``checkpoint.resume_mode`` says."""
-    modules = build_modules(cfg, objective.networks, device)
+    modules = build_modules(cfg, objective, device)
     mode = "fresh" if state is None else checkpoint.resume_mode(state, zero_stages(cfg, objective.networks))
     if mode == "weights":
         checkpoint.preload_modules(ckpt, modules, state)
@@ -282,26 +280,3 @@ def train(cfg) -> dict:
             "steps": cfg.train.steps, "world_size": dist.world_size(), "metrics": metrics,
             "checkpoint": str(latest) if latest else None}
 
-
-def main_train(config_path: str, overrides: list[str], dry_run: bool) -> int:
-    """``vidforce train CONFIG [key=value ...] [--dry-run]``."""
-    cfg = load(config_path, overrides)
-    if dry_run:
-        print(to_yaml(cfg))
-        return 0
-    try:
-        summary = train(cfg)
-    except RankFailure as err:      # the other ranks cannot join a clean shutdown: report and leave now
-        print(f"vidforce: {err}", file=sys.stderr, flush=True)
-        os._exit(1)
-    if dist.rank() == 0:
-        print(json.dumps(summary, indent=2))
-    dist.shutdown()
-    return 0
-
-
-def main_export(run_dir: str, out: str, ema: bool) -> int:
-    """``vidforce export RUN_DIR --out FILE.safetensors [--no-ema]``."""
-    path = checkpoint.export_generator(run_dir, out, ema)
-    print(f"exported the {'EMA' if ema else 'raw'} generator of {run_dir} to {path}")
-    return 0

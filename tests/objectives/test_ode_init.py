@@ -1,0 +1,41 @@
+"""ODE-regression inputs: each chunk reads the trajectory at its own step, with that step's sigma per frame."""
+import pytest
+import torch
+
+from vidforce.objectives.ode_init import ode_loss, ode_regression_inputs
+
+
+def coded_trajectory(batch=2, steps=2, frames=5, shape=(1, 1, 1)):
+    """``[B, S + 1, T, C, H, W]`` whose every entry is ``1000 b + 100 s + f``: a pick tells where it came from."""
+    b = torch.arange(batch, dtype=torch.float64)[:, None, None]
+    s = torch.arange(steps + 1, dtype=torch.float64)[None, :, None]
+    f = torch.arange(frames, dtype=torch.float64)[None, None, :]
+    code = 1000 * b + 100 * s + f
+    return code[..., None, None, None].expand(batch, steps + 1, frames, *shape).clone()
+
+
+def test_known_picks_per_chunk_with_a_partial_last_chunk():
+    traj = coded_trajectory(frames=5)                        # chunks of 2: frames {0, 1}, {2, 3}, {4}
+    sigmas = torch.tensor([1.0, 0.5])
+    steps = torch.tensor([[0, 1, 0], [1, 1, 0]])
+    x, sigma = ode_regression_inputs(traj, sigmas, steps, chunk=2)
+    assert x.shape == (2, 5, 1, 1, 1) and sigma.shape == (2, 5)
+    assert x[:, :, 0, 0, 0].tolist() == [[0, 1, 102, 103, 4], [1100, 1101, 1102, 1103, 1004]]
+    assert sigma.tolist() == [[1.0, 1.0, 0.5, 0.5, 1.0], [0.5, 0.5, 0.5, 0.5, 1.0]]
+
+
+def test_picks_whole_frames_of_a_random_trajectory():
+    g = torch.Generator().manual_seed(0)
+    traj = torch.randn(3, 5, 6, 2, 3, 4, generator=g)      # 4 steps + endpoint, 6 frames, chunks of 3
+    sigmas = torch.tensor([1.0, 0.9, 0.7, 0.4])
+    steps = torch.tensor([[3, 0], [1, 2], [0, 0]])
+    x, sigma = ode_regression_inputs(traj, sigmas, steps, chunk=3)
+    for b in range(3):
+        for f in range(6):
+            k = steps[b, f // 3].item()
+            assert torch.equal(x[b, f], traj[b, k, f]) and sigma[b, f] == sigmas[k]
+
+
+def test_ode_loss_is_the_mean_squared_error():
+    pred, target = torch.zeros(2, 3), torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
+    assert ode_loss(pred, target).item() == pytest.approx((1 + 4 + 9) / 6, rel=1e-6)
