@@ -152,19 +152,19 @@ def test_recache_is_the_refresh_pass_with_context_noise():
     s = _streamer(cfg)
     it = s.frames(12, [(0, "a red circle"), (6, "a blue square")])
     next(it), next(it)
-    kept = torch.cat([s.kept[f] for f in sorted(s.kept)], dim=1)
+    frames = sorted(s.kept)                                 # the window's frames the next chunk attends
+    kept = torch.cat([s.kept[f] for f in frames], dim=1)
+    assert frames == [3, 4, 5]
     state = s.rng.get_state()
     text_kv = s._text_kv("a blue square")
     s._recache(text_kv)
     got = [k.clone() for k in s.cache.k]
     s.rng.set_state(state)
     ref = s.model.new_cache(1, 8, 8, 12, "cpu", torch.float32)
-    for start in range(0, kept.shape[1], 3):
-        refresh_cache(s.model, kept[:, start:start + 3], ref, start, text_kv, s.sampler, s.rng)
+    refresh_cache(s.model, kept, ref, 3, text_kv, s.sampler, s.rng)
+    slots = [s.cache.slot(f) for f in frames]
     for a, b in zip(got, ref.k):
-        torch.testing.assert_close(a[:, :, :6], b[:, :, :6], rtol=0, atol=0)
-    s.rng.set_state(state)
+        torch.testing.assert_close(a[:, :, slots], b[:, :, slots], rtol=0, atol=0)
     clean = s.model.new_cache(1, 8, 8, 12, "cpu", torch.float32)
-    for start in range(0, kept.shape[1], 3):
-        refresh_cache(s.model, kept[:, start:start + 3], clean, start, text_kv, Sampler(s.sampler.sigmas, 0.0))
-    assert not torch.allclose(got[1][:, :, :6], clean.k[1][:, :, :6])
+    refresh_cache(s.model, kept, clean, 3, text_kv, Sampler(s.sampler.sigmas, 0.0))
+    assert not torch.allclose(got[1][:, :, slots], clean.k[1][:, :, slots])

@@ -45,7 +45,7 @@ class ModelConfig:
     eps: float = 1e-6
     rope_max_len: int = 1024
     checkpoint: str = ""            # weights to load (Wan original / diffusers / Self-Forcing .pt / ours)
-    checkpoint_key: str = "auto"    # for training checkpoints: generator | generator_ema | auto
+    checkpoint_key: str = "auto"    # for training checkpoints: generator | generator_ema | critic | auto
 
 
 @dataclass
@@ -151,6 +151,7 @@ class OptimConfig:
     grad_clip: float = 10.0
     ema_decay: float = 0.99
     ema_start: int = 200
+    ema_warmup: bool = False        # decay of the n-th average min(ema_decay, (1 + n) / (10 + n)) (train/ema.py)
     lr_schedule: str = "constant"   # constant | cosine (vidforce/train/lr.py), over each engine's own updates
     warmup_steps: int = 0           # linear warm-up, in updates of each engine
     min_lr_ratio: float = 0.0       # cosine: the last update's LR / the base LR

@@ -104,6 +104,17 @@ def sample_train_sigma(shape: Sequence[int], shift: float, min_step: float, max_
     raise ValueError(f"schedule.time_sampling must be one of {TIME_SAMPLING}, got {rule!r}")
 
 
+def wan_loss_weight(s: Tensor, shift: float, table: int = NUM_TRAIN_TIMESTEPS) -> Tensor:
+    """Wan's flow-matching timestep weighting: a bell over the timestep, ``y(s) = exp(-2 (s - 1/2)^2)``, shifted
+    to 0 at its minimum over the schedule's table of ``table`` shifted sigmas ``shift_sigma(linspace(1, 0))`` and
+    scaled to mean 1 over that table (low and high noise get less weight, mid noise more)."""
+    grid = shift_sigma(torch.linspace(1.0, 0.0, table, dtype=torch.float64), shift)
+    bell = torch.exp(-2 * (grid - 0.5) ** 2)
+    low = bell.min()
+    scale = table / (bell - low).sum()
+    return ((torch.exp(-2 * (s.double() - 0.5) ** 2) - low) * scale).to(s.dtype)
+
+
 def renoise(x0: Tensor, s_next: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """Few-step sampler re-noising: ``x_next = (1 - s_next) x0 + s_next eps'`` with fresh ``eps'``."""
     eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)

@@ -25,8 +25,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from vidforce.diffusion import (cfg as guide, eps_from_flow, renoise, shift_sigma, t_from_sigma, warp_steps,
-                                x0_from_flow)
+from vidforce.diffusion import (NUM_TRAIN_TIMESTEPS, cfg as guide, eps_from_flow, renoise, shift_sigma, t_from_sigma,
+                                warp_steps, x0_from_flow)
 
 CONVENTIONS = ("uncond", "cond")
 SOLVERS = ("few_step", "euler")
@@ -164,7 +164,8 @@ class Sampler:
         """Few-step sampler of a ``config.ScheduleConfig``: the step list warped through the shifted table
         (if ``warp``), the refresh at ``context_noise``."""
         steps = warp_steps(schedule.denoising_steps, schedule.shift) if schedule.warp else schedule.denoising_steps
-        return cls(tuple(float(t) / 1000.0 for t in steps), float(schedule.context_noise) / 1000.0)
+        return cls(tuple(float(t) / NUM_TRAIN_TIMESTEPS for t in steps),
+                   float(schedule.context_noise) / NUM_TRAIN_TIMESTEPS)
 
     @property
     def last(self) -> int:

@@ -1,5 +1,4 @@
 """DMD: the update is zero when the critic equals the teacher and moves the sample toward the teacher's x0."""
-import pytest
 import torch
 
 from vidforce.objectives.dmd import dmd_direction, dmd_loss

@@ -39,3 +39,42 @@ def test_picks_whole_frames_of_a_random_trajectory():
 def test_ode_loss_is_the_mean_squared_error():
     pred, target = torch.zeros(2, 3), torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
     assert ode_loss(pred, target).item() == pytest.approx((1 + 4 + 9) / 6, rel=1e-6)
+
+
+def _ctx(clean_context: bool, traj):
+    from vidforce.config import load
+    from vidforce.objectives import Batch, Nets, StepContext
+    from vidforce.rollout import RolloutPlan
+    from vidforce.sampling import Sampler
+    from tests.models.helpers import tiny_causal
+    from tests.train.helpers import ROOT
+    cfg = load(ROOT / "configs/tiny/ode_init.yaml", [f"objective.ode_init.clean_context={clean_context}",
+                                                     "data.prompts=unused.txt"])
+    model = tiny_causal()
+    batch = Batch(cond=torch.randn(1, 8, 16, generator=torch.Generator().manual_seed(1)), uncond=torch.zeros(1, 8, 16),
+                  trajectory=traj)
+    return StepContext(Nets(model), batch, RolloutPlan(0, 6, 0), Sampler((1.0, 0.5)), cfg,
+                       torch.Generator().manual_seed(0), (12, 4, 4))
+
+
+@pytest.mark.parametrize("clean_context", [False, True])
+def test_clean_context_attends_the_teacher_endpoints(clean_context):
+    """With ``objective.ode_init.clean_context`` the full-sequence pass gets the teacher's clean endpoints at
+    t = 0 as the causal context (as inference attends); without it, none (block-causal over noisy inputs)."""
+    from vidforce.objectives.ode_init import ODEInit
+    traj = torch.randn(1, 3, 6, 12, 4, 4, generator=torch.Generator().manual_seed(2))
+    ctx = _ctx(clean_context, traj)
+    seen = {}
+    model = ctx.nets.generator
+    original = model.forward_full
+
+    def spy(x, t, context=None, text_kv=None, clean=None, clean_t=None):
+        seen.update(clean=clean, clean_t=clean_t)
+        return original(x, t, context, text_kv, clean, clean_t)
+    model.forward_full = spy
+    loss, _ = ODEInit(ctx.cfg).generator_loss(ctx)
+    assert torch.isfinite(loss)
+    if clean_context:
+        assert torch.equal(seen["clean"], traj[:, -1]) and bool((seen["clean_t"] == 0).all())
+    else:
+        assert seen["clean"] is None and seen["clean_t"] is None

@@ -58,3 +58,9 @@ def test_self_forcing_pp_and_14b_variants():
     assert (big.teacher.dim, big.model.dim, big.critic.dim) == (5120, 1536, 1536)      # 1.3B fake score
     assert big.critic.checkpoint and big.train.teacher_zero3 and big.train.critic_zero_stage == 2
     assert big.critic.num_layers == 30 and big.teacher.num_layers == 40
+
+
+def test_self_forcing_sid_values():
+    c = load(ROOT / "configs/wan1.3b/self_forcing_sid.yaml")
+    assert (c.objective.name, c.objective.sid.alpha) == ("sid", 1.0)
+    assert (c.optim.generator_lr, c.optim.critic_lr, c.optim.weight_decay) == (2e-6, 2e-6, 0.0)

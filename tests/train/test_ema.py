@@ -1,6 +1,8 @@
 """Generator EMA: copy before ``ema_start``, then ``ema <- d ema + (1 - d) p``; grouping; state dicts."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -48,3 +50,23 @@ def test_param_groups_respect_the_bucket_and_full_state_dict_copies():
     full["0.weight"].zero_()
     assert model[0].weight.abs().sum() > 0                    # copies, not views
     assert full_state_dict(model, keep=False) == {}
+
+
+def test_warmup_ema_after_n_updates_equals_the_closed_form():
+    """Weights w_k = k at update k; with warm-up the average after n updates is
+    sum_k p_k (1 - d_k) prod_{j > k} d_j with d_0 = 1 (the start copy), d_k = min(d, (1 + k - 1) / (10 + k - 1))."""
+    model, decay, n = nn.Linear(1, 1, bias=False), 0.99, 30
+    ema = EMA(decay, start=0, keep=True, warmup=True)
+    for k in range(n + 1):
+        with torch.no_grad():
+            model.weight.fill_(float(k))
+        ema.update(model, step=k)
+    d = [1.0] + [min(decay, (1 + m) / (10 + m)) for m in range(n)]       # d[k]: the decay applied at update k
+    weights = [(1 - d[k]) * math.prod(d[k + 1:]) if k else math.prod(d[1:]) for k in range(n + 1)]
+    expected = sum(k * w for k, w in enumerate(weights))
+    assert abs(sum(weights) - 1) < 1e-12
+    assert abs(ema.shadow["weight"].item() - expected) < 1e-4 * expected
+    assert weights[0] < 0.05 < decay ** n                                  # the start copy no longer dominates
+    restored = EMA(decay, 0, keep=True, warmup=True)
+    restored.load_state_dict(ema.state_dict(), "cpu")
+    assert restored.updates == n

@@ -6,13 +6,14 @@ ground-truth render scores about 0 and a video that forgets its context scores h
 
 Detection, per frame ``[H, W, 3]`` uint8 (0-255 scale throughout):
 1. background = per-channel median of the 1-pixel frame border;
-2. foreground = RGB distance to the background > ``FOREGROUND_THRESHOLD``, then a morphological opening
-   with a 3x3 cross (removes 1-pixel lines and specks);
+2. foreground = RGB distance to the background > ``FOREGROUND_THRESHOLD``; its morphological opening
+   with a 3x3 cross is the *core* (thin lines and specks have little or none);
 3. colour labels: foreground pixels with chroma >= ``CHROMA_MIN`` (``balls.rgb_to_hue``) take the nearest
    of the frame's hue peaks (greedy peaks of a circular hue histogram, ``hue_peaks``); the others share
    one achromatic label. Touching balls of different hues thus stay apart, whatever hues they drifted to;
-4. connected components per label (OpenCV, 8-connectivity); components smaller than ``min_area`` =
-   ``MIN_AREA_FRACTION * pi * r_min^2`` (a fraction of the smallest disc of the world) are ignored.
+4. connected components per label (OpenCV, 8-connectivity); components with fewer than ``min_area`` =
+   ``MIN_AREA_FRACTION * pi * r_min^2`` core pixels (a fraction of the smallest disc of the world) are
+   ignored. The area counts all of a component's pixels, so a clean disc measures its exact raster area.
 An object is a component: its area, centroid (x, y) in the pixel-centre convention of ``balls`` and
 per-channel median colour (robust to blurred, background-mixed edges).
 
@@ -53,14 +54,14 @@ CHROMA_MIN = 20.0             # ball/background mixes above the foreground thres
 HUE_BIN = 5.0                 # degrees per hue-histogram bin
 HUE_PEAK_HALF_WIDTH = 15.0    # a peak's mass = pixels within this many degrees (a ball spans a few)
 HUE_SUPPRESS = 30.0           # peaks at least this far apart (half the world's 60-degree hue gap)
-MIN_AREA_FRACTION = 0.4       # of the smallest disc (radius 3: 11.3 px); a 3x3 speck (9 px) is ignored
+MIN_AREA_FRACTION = 0.4       # of the smallest disc (radius 3: 11.3 core px); a 3x3 speck (core 5) is ignored
 CLIP_LOW, CLIP_HIGH = 2, 253  # clipped pixel levels
 MAX_MATCH = 6                 # objects a side in the brute-force assignment (6P6 = 720 maps)
 D_CLIP = 4.0                  # ceiling of every normalised term and of D
 VISIBLE = {                   # visibility threshold of each term: at this value the failure is plain to see
     "count": 0.25,            # one ball missing (or extra) in a quarter of the window's frames
     "colour": 30.0,           # RGB distance: a ~15 degree hue rotation at chroma 115
-    "size": 0.25,             # relative area: ~12 % in radius
+    "size": 0.3,              # relative area: ~14 % in radius (a radius-3 raster disc alone varies ~8 %)
     "background": 15.0,       # RGB distance: ~9 grey levels, or a tint of 15 in one channel
     "luminance": 10.0,        # intensity levels of the whole frame
     "clipped": 0.02,          # 2 % of the pixels newly clipped
@@ -129,7 +130,7 @@ def segment(frame: np.ndarray, background: np.ndarray, min_area: float
     """
     pixels = frame.astype(np.float64)
     fg = np.linalg.norm(pixels - background, axis=-1) > FOREGROUND_THRESHOLD
-    fg = cv2.morphologyEx(fg.astype(np.uint8), cv2.MORPH_OPEN, _OPENING).astype(bool)
+    core = cv2.morphologyEx(fg.astype(np.uint8), cv2.MORPH_OPEN, _OPENING).astype(bool)
     _, chroma, hue = rgb_to_hue(pixels)
     chromatic = fg & (chroma >= CHROMA_MIN)
     peaks = hue_peaks(hue[chromatic], min_area)
@@ -140,8 +141,9 @@ def segment(frame: np.ndarray, background: np.ndarray, min_area: float
     for k in range(len(peaks) + 1):
         num, comp, stats, centroids = cv2.connectedComponentsWithStats((labels == k).astype(np.uint8),
                                                                        connectivity=8)
+        solid = np.bincount(comp[core], minlength=num)
         for c in range(1, num):
-            if stats[c, cv2.CC_STAT_AREA] >= min_area:
+            if solid[c] >= min_area:
                 colour = np.median(pixels[comp == c], axis=0)
                 objects.append([stats[c, cv2.CC_STAT_AREA], *(centroids[c] + 0.5), *colour])
     out = np.array(objects, dtype=np.float64).reshape(-1, 6)
@@ -224,7 +226,7 @@ def motion_ratio(centroid: np.ndarray, window: int) -> np.ndarray:
     step2 = np.full(centroid.shape[:2], np.nan)
     step2[1:] = ((centroid[1:] - centroid[:-1]) ** 2).sum(-1)
     w = len(centroid) // window
-    blocks = step2[:w * window].reshape(w, window, -1)                        # [W, window, R]
+    blocks = step2[:w * window].reshape(w, window, centroid.shape[1])         # [W, window, R]
     seen = ~np.isnan(blocks).all(axis=1)                                      # [W, R]
     ratio = np.full(w, np.nan)
     for i in range(w):

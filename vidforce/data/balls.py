@@ -9,7 +9,7 @@ Coordinates are continuous pixels: pixel ``(row i, col j)`` has its centre at ``
 positions are disc centres ``(x, y)``. A disc of radius r covers the pixels whose centre lies strictly
 inside it, ``(x_j - x)^2 + (y_i - y)^2 < r^2`` (no anti-aliasing), so every disc pixel carries the disc's
 exact colour. ``render_numpy`` (ground truth) and ``render_torch`` (batched, any device) evaluate that
-same test with the same float64 operations, so they agree exactly.
+same test with the same float64 operations (given float64 positions), so they agree exactly.
 
 Colours: a ball of hue h is ``I (1,1,1) + C (cos h e1 + sin h e2)`` with ``e1 = (2,-1,-1)/sqrt(6)`` and
 ``e2 = (0,1,-1)/sqrt(2)``, the orthonormal plane around the grey axis: every ball has the same
@@ -20,20 +20,21 @@ Physics, one time unit per frame, ``substeps`` Euler sub-steps of ``1/substeps``
 reflection at the walls (the centre stays in ``[r, W - r] x [r, H - r]``), and elastic collisions of
 **equal-mass** balls: two overlapping, approaching balls are rewound to contact (closed form), swap the
 normal components of their velocities, and move on for the rewound time (two passes per sub-step, then
-a positional fix of any jam left). Every step conserves total
-kinetic energy ``sum_n |v_n|^2 / 2`` exactly (up to float rounding), hence the RMS speed of a scene.
+a positional fix of any jam left). Every step conserves the total kinetic energy ``sum_n |v_n|^2 / 2``
+(up to float rounding), hence the RMS speed of a scene.
 """
 from __future__ import annotations
 
 import itertools
-import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from vidforce.data.mini_world import read_spec, save_spec  # noqa: F401 (save_spec: this world's too)
 
 E1 = np.array([2.0, -1.0, -1.0]) / np.sqrt(6.0)  # hue 0 (red) direction in the plane around the grey axis
 E2 = np.array([0.0, 1.0, -1.0]) / np.sqrt(2.0)   # hue 90 direction
@@ -73,9 +74,10 @@ class BallWorldSpec:
         if not 1 <= self.min_balls <= self.max_balls:
             raise ValueError("BallWorldSpec.min_balls/max_balls: need 1 <= min_balls <= max_balls")
         lo, hi = self.radius_range
-        if not 1.0 <= lo <= hi or self.max_balls * (2 * hi) ** 2 > self.height * self.width / 2:
-            raise ValueError("BallWorldSpec.radius_range: need 1 <= low <= high and the discs' bounding "
-                             "squares within half the frame")
+        if (not 1.0 <= lo <= hi or 2 * hi >= min(self.height, self.width)
+                or self.max_balls * (2 * hi) ** 2 > self.height * self.width / 2):
+            raise ValueError("BallWorldSpec.radius_range: need 1 <= low <= high, a disc narrower than the "
+                             "frame and the discs' bounding squares within half of it")
         if self.substeps < 1:
             raise ValueError(f"BallWorldSpec.substeps: need >= 1, got {self.substeps}")
         if not 0 < self.speed_range[0] <= self.speed_range[1] <= lo * self.substeps:
@@ -344,17 +346,9 @@ def sample_batch(spec: BallWorldSpec, num_frames: int, *, seeds: Sequence[int] |
     return video, [prompt_for(s) for s in scenes], scenes
 
 
-def save_spec(spec: BallWorldSpec, path: str | Path) -> None:
-    """Write a spec as JSON (evaluation needs the exact spec to rebuild a seed's scene)."""
-    Path(path).write_text(json.dumps(asdict(spec), indent=1) + "\n")
-
-
 def load_spec(path: str | Path) -> BallWorldSpec:
-    """Read a spec written by ``save_spec``; unknown keys raise ValueError naming the file."""
-    raw = json.loads(Path(path).read_text())
-    unknown = set(raw) - {f.name for f in fields(BallWorldSpec)}
-    if unknown:
-        raise ValueError(f"{path}: unknown BallWorldSpec fields {sorted(unknown)}")
+    """Read a spec written by :func:`save_spec` (``mini_world.save_spec``, shared by the worlds)."""
+    raw = read_spec(path, BallWorldSpec)
     for key in ("radius_range", "speed_range", "background_range"):
         if key in raw:
             raw[key] = tuple(raw[key])

@@ -254,17 +254,25 @@ def make_clip(seed: int, spec: WorldSpec, num_frames: int, start_frame: int = 0)
     return Clip(frames, prompt_for(scene), scene, truth, seed)
 
 
-def save_spec(spec: WorldSpec, path: str | Path) -> None:
-    """Write a spec as JSON (evaluation needs the exact spec to rebuild a seed's scene)."""
+def save_spec(spec, path: str | Path) -> None:
+    """Write a world spec (``WorldSpec``, ``balls.BallWorldSpec``) as JSON: evaluation needs the exact spec to
+    rebuild a seed's scene."""
     Path(path).write_text(json.dumps(asdict(spec), indent=1) + "\n")
 
 
-def load_spec(path: str | Path) -> WorldSpec:
-    """Read a spec written by ``save_spec``; unknown keys raise ValueError naming the file."""
+def read_spec(path: str | Path, cls) -> dict:
+    """The JSON of a spec written by :func:`save_spec` as a dict of ``cls``'s fields; unknown keys raise
+    ValueError naming the file."""
     raw = json.loads(Path(path).read_text())
-    unknown = set(raw) - {f.name for f in fields(WorldSpec)}
+    unknown = set(raw) - {f.name for f in fields(cls)}
     if unknown:
-        raise ValueError(f"{path}: unknown WorldSpec fields {sorted(unknown)}")
+        raise ValueError(f"{path}: unknown {cls.__name__} fields {sorted(unknown)}")
+    return raw
+
+
+def load_spec(path: str | Path) -> WorldSpec:
+    """Read a ``WorldSpec`` written by :func:`save_spec`."""
+    raw = read_spec(path, WorldSpec)
     for key in ("palette", "backgrounds"):
         if key in raw:
             raw[key] = tuple((name, tuple(rgb)) for name, rgb in raw[key])

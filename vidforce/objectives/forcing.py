@@ -5,15 +5,23 @@
 - ``teacher_forcing``: each chunk noised at its own sigma; noisy chunk ``c`` sees the *clean* frames of
   earlier chunks (full-sequence forward with a clean stream).
 - ``diffusion_forcing``: independent per-chunk noise levels, block-causal over the noisy sequence.
-All regress the flow ``eps - x0`` (plain MSE).
+All regress the flow ``eps - x0``: plain MSE, or with Wan's timestep weighting (``objective.<name>.weighting:
+wan``, ``diffusion.wan_loss_weight``).
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from vidforce.diffusion import t_from_sigma
+from vidforce.diffusion import t_from_sigma, wan_loss_weight
 from vidforce.objectives.base import Objective, StepContext, flow_matching_loss, noised
+
+
+def loss_weight(ctx: StepContext, section, sigma: Tensor) -> Tensor | None:
+    """Per-frame flow-matching weights ``[B, T]`` of ``section.weighting`` (``None``: uniform)."""
+    if section.weighting == "wan":
+        return wan_loss_weight(sigma, ctx.cfg.schedule.shift)
+    return None
 
 
 def _latents(ctx: StepContext, name: str) -> Tensor:
@@ -38,7 +46,7 @@ class FlowMatching(Objective):
         x_t, eps, sigma = noised(ctx, x)
         ctx_emb = dropout_context(ctx.batch.cond, ctx.batch.uncond, self.cfg.objective.flow_matching.cfg_dropout, ctx.rng)
         pred = ctx.nets.generator(x_t, t_from_sigma(sigma), ctx_emb)
-        loss = flow_matching_loss(pred, x, eps)
+        loss = flow_matching_loss(pred, x, eps, loss_weight(ctx, self.cfg.objective.flow_matching, sigma))
         return loss, {"fm_loss": loss.item()}
 
 
@@ -54,7 +62,7 @@ class DiffusionForcing(Objective):
         x = _latents(ctx, self.name)
         x_t, eps, sigma = noised(ctx, x, per_frame=True)
         pred = ctx.nets.generator.forward_full(x_t, t_from_sigma(sigma), ctx.batch.cond, **self.context(x, sigma))
-        loss = flow_matching_loss(pred, x, eps)
+        loss = flow_matching_loss(pred, x, eps, loss_weight(ctx, getattr(self.cfg.objective, self.name), sigma))
         return loss, {f"{self.name}_loss": loss.item()}
 
 

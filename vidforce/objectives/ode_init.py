@@ -3,9 +3,13 @@
 Data: teacher ODE trajectories ``[B, S + 1, T, C, H, W]`` -- the latent at each of the ``S`` step-list
 sigmas, then the endpoint x0 (``tools/make_ode_pairs.py``). Each chunk draws its own step ``k``; the
 student sees chunk ``c`` at ``x_{sigma_k(c)}`` through the block-causal full-sequence forward and regresses
-the endpoint: ``L = || x0_student - x0_teacher ||^2``.
+the endpoint: ``L = || x0_student - x0_teacher ||^2``. The earlier chunks are attended at their noisy steps too
+(block-causal over the noisy sequence), or, with ``objective.ode_init.clean_context``, as the teacher's clean
+endpoints at t = 0: the context inference attends to.
 """
 from __future__ import annotations
+
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -45,6 +49,9 @@ class ODEInit(Objective):
         steps = torch.randint(n_steps, (traj.shape[0], n_chunks), generator=ctx.rng, device=ctx.rng.device)
         x, sigma = ode_regression_inputs(traj, torch.tensor(ctx.sampler.sigmas), steps, chunk)
         kv = text_kv_of(ctx, "generator", "cond")
-        pred = Denoiser(ctx.nets.generator.forward_full, kv).x0(x, sigma)
+        net = ctx.nets.generator.forward_full
+        if self.cfg.objective.ode_init.clean_context:      # earlier chunks as inference sees them: clean
+            net = partial(net, clean=traj[:, -1], clean_t=torch.zeros_like(sigma))
+        pred = Denoiser(net, kv).x0(x, sigma)
         loss = ode_loss(pred, traj[:, -1])
         return loss, {"ode_loss": loss.item()}

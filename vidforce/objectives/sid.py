@@ -7,7 +7,6 @@ through both networks' *inputs* into ``x`` (their parameters stay frozen for thi
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from vidforce.objectives.base import StepContext, frozen, generate, noised, teacher_x0, text_kv_of, x0_of

@@ -132,7 +132,7 @@ def setup(cfg) -> Run:
     ckpt = checkpoint.find_resume(run_dir, cfg.train.resume)
     state = checkpoint.read_trainer_state(ckpt) if ckpt is not None else None
     engines = build_engines(cfg, objective, device, ckpt, state)
-    ema = EMA(cfg.optim.ema_decay, cfg.optim.ema_start, keep=main)
+    ema = EMA(cfg.optim.ema_decay, cfg.optim.ema_start, keep=main, warmup=cfg.optim.ema_warmup)
     start = restore(ckpt, state, ema, source, device) if state is not None else 0
     logger = MetricLogger(cfg, run_dir, start, main)
     hook = DriftHook(cfg, codec, text, run_dir, device, dtype)
