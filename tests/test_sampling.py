@@ -161,3 +161,31 @@ def test_chunk_step_commits_the_edited_output():
     assert bool((out == 0).all())
     for ka, kb in zip(cache.k, ref.k):
         torch.testing.assert_close(ka, kb, rtol=0, atol=0)
+
+
+def test_guided_causal_sampling_keeps_one_cache_per_branch():
+    """CFG of a causal model: the first chunk is u + g (c - u) of the two one-branch samples; each output is
+    committed into both caches, each under its own prompt; equal prompts give the unguided rollout."""
+    from vidforce.rollout import rollout
+    model = tiny_causal()
+    x, _, ctx = inputs(model, batch=1, frames=6)
+    kv_c, kv_u = model.text_kv(ctx), model.text_kv(torch.zeros_like(ctx))
+    plain, guided = Sampler((1.0,)), Sampler((1.0,), guidance=Guidance(3.0))
+    with torch.no_grad():
+        c = rollout(model, x[:, :3], kv_c, plain, 0)
+        u = rollout(model, x[:, :3], kv_u, plain, 0)
+        caches = (model.new_cache(1, 4, 4, 6, "cpu", torch.float32), model.new_cache(1, 4, 4, 6, "cpu", torch.float32))
+        out = rollout(model, x, (kv_c, kv_u), guided, 0, cache=caches)
+        torch.testing.assert_close(out[:, :3], u + 3.0 * (c - u), rtol=0, atol=0)
+        for branch_cache, kv in zip(caches, (kv_c, kv_u)):
+            ref = model.new_cache(1, 4, 4, 6, "cpu", torch.float32)
+            refresh_cache(model, out[:, :3], ref, 0, kv, plain)
+            refresh_cache(model, out[:, 3:], ref, 3, kv, plain)
+            for a, b in zip(branch_cache.k, ref.k):
+                torch.testing.assert_close(a, b, rtol=0, atol=0)
+        same = rollout(model, x, (kv_c, model.text_kv(ctx)), guided, 0)
+        torch.testing.assert_close(same, rollout(model, x, kv_c, plain, 0), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match=r"\(cond, uncond\)"):
+        rollout(model, x, kv_c, guided, 0)
+    with pytest.raises(ValueError, match="without grad"):
+        rollout(model, x, (kv_c, kv_u), guided, 0, grad_from=0)

@@ -38,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir")
     e.add_argument("--out", required=True)
     e.add_argument("--no-ema", action="store_true")
+    e.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="weights' dtype in the file")
+    e.add_argument("--max-shard-size", default="0", help="split into shards of at most this size (e.g. 16MiB)")
     c = sub.add_parser("convert", help="convert a checkpoint between formats")
     c.add_argument("args", nargs=argparse.REMAINDER)
     m = sub.add_parser("mini", help="the mini-world recipe: teacher -> baselines -> Self Forcing -> Self-Forcing++")
@@ -66,7 +68,7 @@ def _dispatch(args) -> int:
     elif args.command == "drift":
         return main_drift(args.video, args.out, args.window)
     elif args.command == "export":
-        return main_export(args.run_dir, args.out, not args.no_ema)
+        return main_export(args.run_dir, args.out, not args.no_ema, args.dtype, parse_size(args.max_shard_size))
     elif args.command == "convert":
         return main_convert(args.args)
     elif args.command == "mini":
@@ -97,10 +99,12 @@ def main_train(config_path: str, overrides: list[str], dry_run: bool) -> int:
     return 0
 
 
-def main_export(run_dir: str, out: str, ema: bool) -> int:
-    """``vidforce export RUN_DIR --out FILE.safetensors [--no-ema]``."""
+def main_export(run_dir: str, out: str, ema: bool, dtype: str = "fp32", max_shard_bytes: int = 0) -> int:
+    """``vidforce export RUN_DIR --out FILE.safetensors [--no-ema] [--dtype bf16] [--max-shard-size 16MiB]``."""
+    import torch  # noqa: PLC0415
     from vidforce.train import checkpoint  # noqa: PLC0415
-    path = checkpoint.export_generator(run_dir, out, ema)
+    path = checkpoint.export_generator(run_dir, out, ema, {"fp32": None, "bf16": torch.bfloat16}[dtype],
+                                       max_shard_bytes)
     print(f"exported the {'EMA' if ema else 'raw'} generator of {run_dir} to {path}")
     return 0
 

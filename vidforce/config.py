@@ -24,6 +24,8 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
                  in_dim=12, out_dim=12, patch_size=[1, 2, 2], text_len=8),
     "mini": dict(dim=256, ffn_dim=768, num_heads=4, num_layers=8, text_dim=64, freq_dim=64,
                  in_dim=12, out_dim=12, patch_size=[1, 2, 2], text_len=16),
+    "mini_v2": dict(dim=320, ffn_dim=960, num_heads=5, num_layers=10, text_dim=64, freq_dim=64,
+                    in_dim=12, out_dim=12, patch_size=[1, 2, 2], text_len=16),
 }
 
 
@@ -182,6 +184,7 @@ class TrainConfig:
 class DataConfig:
     prompts: str = ""               # txt / jsonl of prompts (rollout objectives)
     videos: str = ""                # directory or manifest of mp4 + captions (data objectives, GAN)
+    world: str = ""                 # a data.balls world spec JSON: fresh rendered scenes instead of data.videos
     latent_height: int = 8
     latent_width: int = 8
     fps: float = 16.0               # pixel frame rate of generated / training videos

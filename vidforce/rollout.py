@@ -34,20 +34,26 @@ def rollout(model: CausalWan, noise: Tensor, text_kv, sampler: Sampler, exit_ind
     ``[keep_from, stop)`` are kept and returned, so a long ``no_grad`` prefix holds no activations and
     no frames. ``on_chunk(start, x0)`` sees every chunk as it is made (drift hooks, streaming);
     ``edit(start, x0) -> x0'`` replaces a chunk's output before it is committed (error-injection probes).
-    ``cache_grad``: ``detach`` | ``exit_step`` (module docstring).
+    ``cache_grad``: ``detach`` | ``exit_step`` (module docstring). A guided ``sampler`` (CFG of the causal model,
+    evaluation) takes ``text_kv = (cond, uncond)`` and keeps one cache per branch.
     """
     n, f = noise.shape[1], model.frames_per_chunk
     stop = n if stop is None else stop
     if stop % f or grad_from % f or keep_from % f or not 0 <= keep_from <= grad_from <= stop <= n:
         raise ValueError(f"rollout bounds must be chunk-aligned with keep_from <= grad_from <= stop <= N: "
                          f"keep_from={keep_from}, grad_from={grad_from}, stop={stop}, N={n}, chunk={f}")
+    guided = not sampler.guidance.unguided
+    if guided and not (isinstance(text_kv, tuple) and len(text_kv) == 2):
+        raise ValueError("a guided sampler rolls out from (cond, uncond) text K/V")
     if cache is None:
         pending = (stop - grad_from) if model.gradient_checkpointing and torch.is_grad_enabled() else 0
-        cache = model.new_cache(noise.shape[0], noise.shape[3], noise.shape[4], stop, noise.device,
-                                next(model.parameters()).dtype, extra_capacity=pending)
+        make = lambda: model.new_cache(noise.shape[0], noise.shape[3], noise.shape[4], stop, noise.device,  # noqa: E731
+                                       next(model.parameters()).dtype, extra_capacity=pending)
+        cache = (make(), make()) if guided else make()
     if cache_grad not in CACHE_GRAD:
         raise ValueError(f"rollout.cache_grad must be one of {CACHE_GRAD}, got {cache_grad!r}")
-    cache.keep_grad = cache_grad == "exit_step"
+    for c in cache if guided else (cache,):
+        c.keep_grad = cache_grad == "exit_step"
     outs = []
     for start in range(0, stop, f):
         grad = start >= grad_from and torch.is_grad_enabled()

@@ -81,31 +81,35 @@ class Denoiser:
     """
 
     def __init__(self, net: Callable[..., Tensor], text_kv, uncond_kv=None, guidance: Guidance = Guidance(), *,
-                 out_dtype: torch.dtype | None = None, **net_kwargs):
+                 out_dtype: torch.dtype | None = None, uncond_net: Callable[..., Tensor] | None = None,
+                 **net_kwargs):
         if not guidance.unguided and uncond_kv is None:
             raise ValueError("guided denoising needs the unconditional text K/V")
         self.net, self.text_kv, self.uncond_kv, self.guidance = net, text_kv, uncond_kv, guidance
+        self.uncond_net = net if uncond_net is None else uncond_net     # a causal model's own uncond cache
         self.out_dtype, self.net_kwargs = out_dtype, net_kwargs
 
-    def _call(self, x: Tensor, sigma: Tensor | float, text_kv, sigma_to: Tensor | float | None) -> Tensor:
+    def _call(self, net, x: Tensor, sigma: Tensor | float, text_kv, sigma_to: Tensor | float | None) -> Tensor:
         extra = dict(self.net_kwargs)
         if sigma_to is not None:
             extra["t_to"] = timesteps(sigma_to, x)
-        v = self.net(x, timesteps(sigma, x), text_kv=text_kv, **extra)
+        v = net(x, timesteps(sigma, x), text_kv=text_kv, **extra)
         return v if self.out_dtype is None else v.to(self.out_dtype)
 
-    def _guided(self, predict: Callable[[object], Tensor]) -> Tensor:
-        cond = predict(self.text_kv)
-        return cond if self.guidance.unguided else self.guidance.combine(cond, predict(self.uncond_kv))
+    def _guided(self, predict: Callable[[Callable, object], Tensor]) -> Tensor:
+        cond = predict(self.net, self.text_kv)
+        if self.guidance.unguided:
+            return cond
+        return self.guidance.combine(cond, predict(self.uncond_net, self.uncond_kv))
 
     def flow(self, x: Tensor, sigma: Tensor | float, sigma_to: Tensor | float | None = None) -> Tensor:
         """Guided flow ``v [B, T, C, H, W]`` at ``x [B, T, C, H, W]``, per-frame ``sigma [B, T]`` or a scalar."""
-        return self._guided(lambda kv: self._call(x, sigma, kv, sigma_to))
+        return self._guided(lambda net, kv: self._call(net, x, sigma, kv, sigma_to))
 
     def x0(self, x: Tensor, sigma: Tensor | float, sigma_to: Tensor | float | None = None) -> Tensor:
         """Guided ``x0 = x_t - s v``."""
         s = _sigma_tensor(sigma, x)
-        return self._guided(lambda kv: x0_from_flow(x, self._call(x, sigma, kv, sigma_to), s))
+        return self._guided(lambda net, kv: x0_from_flow(x, self._call(net, x, sigma, kv, sigma_to), s))
 
     def eps(self, x: Tensor, sigma: Tensor | float) -> Tensor:
         """Guided ``eps = x_t + (1 - s) v``."""
@@ -147,11 +151,14 @@ def euler(flow: Callable[[Tensor, float], Tensor], x: Tensor, sigmas: tuple[floa
 @dataclass(frozen=True)
 class Sampler:
     """Chunk sampler of the causal model: ``sigmas`` of the steps (first the pure-noise level), the
-    refresh sigma of the context pass, and the ``solver``: ``few_step`` (x0 prediction, then fresh noise to
-    the next sigma: Self Forcing) or ``euler`` (an ODE solve whose ``sigmas`` end at 0)."""
+    refresh sigma of the context pass, the ``solver``: ``few_step`` (x0 prediction, then fresh noise to
+    the next sigma: Self Forcing) or ``euler`` (an ODE solve whose ``sigmas`` end at 0), and the CFG of the
+    causal model itself (``guidance``; guided sampling keeps a second cache written under the negative
+    prompt: ``cache`` and ``text_kv`` are then ``(cond, uncond)`` pairs, see :func:`chunk_denoiser`)."""
     sigmas: tuple[float, ...]
     context_sigma: float = 0.0
     solver: str = "few_step"
+    guidance: Guidance = Guidance()
 
     def __post_init__(self):
         if self.solver not in SOLVERS:
@@ -173,9 +180,15 @@ class Sampler:
         return len(self.sigmas) - 1 if self.solver == "few_step" else 0
 
 
-def chunk_denoiser(model, cache, start: int, text_kv, write: bool) -> Denoiser:
-    """The causal model's chunk call at frames ``[start, start + F)`` on ``cache`` as a :class:`Denoiser`."""
-    return Denoiser(partial(model.forward_chunk, cache=cache, start=start, write=write), text_kv)
+def chunk_denoiser(model, cache, start: int, text_kv, write: bool, guidance: Guidance = Guidance()) -> Denoiser:
+    """The causal model's chunk call at frames ``[start, start + F)`` on ``cache`` as a :class:`Denoiser`.
+    Guided: ``cache`` = (cond cache, uncond cache) and ``text_kv`` = (cond, uncond); each branch attends its
+    own cache, the context as written under its own prompt."""
+    if guidance.unguided:
+        return Denoiser(partial(model.forward_chunk, cache=cache, start=start, write=write), text_kv)
+    (cond_cache, uncond_cache), (cond_kv, uncond_kv) = cache, text_kv
+    return Denoiser(partial(model.forward_chunk, cache=cond_cache, start=start, write=write), cond_kv, uncond_kv,
+                    guidance, uncond_net=partial(model.forward_chunk, cache=uncond_cache, start=start, write=write))
 
 
 def denoise_chunk(model, noise: Tensor, cache, start: int, text_kv, sampler: Sampler, exit_index: int,
@@ -187,11 +200,13 @@ def denoise_chunk(model, noise: Tensor, cache, start: int, text_kv, sampler: Sam
     writing it with its history when ``cache.keep_grad``). ``euler``: the whole ODE, no grad. Returns the
     chunk's x0 ``[B, F, C, H, W]``.
     """
-    if sampler.solver == "euler":
+    g = sampler.guidance
+    if sampler.solver == "euler" or not g.unguided:
         if grad or exit_index != sampler.last:
-            raise ValueError("the euler chunk sampler runs the whole ODE without grad")
+            raise ValueError("the euler and the guided chunk samplers run every step without grad")
+    if sampler.solver == "euler":
         with torch.no_grad():
-            return euler(chunk_denoiser(model, cache, start, text_kv, write=True).flow, noise, sampler.sigmas)[0]
+            return euler(chunk_denoiser(model, cache, start, text_kv, True, g).flow, noise, sampler.sigmas)[0]
     if not 0 <= exit_index < len(sampler.sigmas):
         raise ValueError(f"exit step {exit_index} outside the {len(sampler.sigmas)}-step list")
     x = noise
@@ -199,7 +214,7 @@ def denoise_chunk(model, noise: Tensor, cache, start: int, text_kv, sampler: Sam
         if i == exit_index and grad:
             return chunk_denoiser(model, cache, start, text_kv, write=cache.keep_grad).x0(x, s)
         with torch.no_grad():
-            x0 = chunk_denoiser(model, cache, start, text_kv, write=True).x0(x, s)
+            x0 = chunk_denoiser(model, cache, start, text_kv, True, g).x0(x, s)
             if i < exit_index:
                 x = renoise(x0, torch.tensor(sampler.sigmas[i + 1], device=x.device), generator)
     return x0
@@ -208,11 +223,14 @@ def denoise_chunk(model, noise: Tensor, cache, start: int, text_kv, sampler: Sam
 @torch.no_grad()
 def refresh_cache(model, x0: Tensor, cache, start: int, text_kv, sampler: Sampler,
                   generator: torch.Generator | None = None) -> None:
-    """Commit a chunk: write its output ``x0 [B, F, C, H, W]`` (re-noised to ``context_sigma``) into the cache."""
+    """Commit a chunk: write its output ``x0 [B, F, C, H, W]`` (re-noised to ``context_sigma``) into the cache
+    (guided: into both caches, each under its own prompt)."""
     x = x0.detach()
     if sampler.context_sigma > 0:
         x = renoise(x, torch.tensor(sampler.context_sigma, device=x.device), generator)
-    chunk_denoiser(model, cache, start, text_kv, write=True).flow(x, sampler.context_sigma)
+    branches = [(cache, text_kv)] if sampler.guidance.unguided else list(zip(cache, text_kv))
+    for branch_cache, branch_kv in branches:
+        chunk_denoiser(model, branch_cache, start, branch_kv, write=True).flow(x, sampler.context_sigma)
 
 
 def chunk_step(model, noise: Tensor, cache, start: int, text_kv, sampler: Sampler, exit_index: int, grad: bool,

@@ -136,6 +136,24 @@ def test_export_writes_a_generator_that_reproduces_the_trained_one(inputs, tmp_p
     assert not torch.equal(trained["head.head.weight"], shadow["head.head.weight"])   # EMA differs from raw
 
 
+
+def test_bf16_sharded_export_loads_as_the_checkpoint_of_a_later_stage(inputs, tmp_path):
+    """``dtype=bf16`` with a shard limit: every shard within the limit, the index is what to load, and the
+    loaded model equals the EMA weights rounded to bf16 (what crosses device calls in the mini recipe)."""
+    cfg = tiny("dmd", inputs, tmp_path, "train.steps=2")
+    train(cfg)
+    out = tmp_path / "model" / "model.safetensors"
+    path = export_generator(tmp_path, out, dtype=torch.bfloat16, max_shard_bytes=20_000)
+    shards = sorted(out.parent.glob("model-*.safetensors"))
+    assert path.name == "model.safetensors.index.json" and len(shards) > 1
+    assert all(f.stat().st_size <= 20_000 + 4_096 for f in shards)            # + the header
+    shadow = torch.load(latest(tmp_path) / "trainer.pt", weights_only=False)["ema"]["shadow"]
+    for target in (path, out.parent):                                         # the index or its directory
+        loaded = build_generator(replace(cfg, model=replace(cfg.model, checkpoint=str(target))), "cpu",
+                                 torch.float32)
+        for name, p in loaded.state_dict().items():
+            assert torch.equal(p, shadow[name].to(torch.bfloat16).float()), name
+
 def test_export_without_a_checkpoint_names_the_input(tmp_path):
     with pytest.raises(FileNotFoundError, match="export RUN_DIR: no checkpoint"):
         export_generator(tmp_path, tmp_path / "out.safetensors")

@@ -86,3 +86,30 @@ def test_clip_stride_cuts_overlapping_clips(inputs, tmp_path):
     torch.testing.assert_close(dense[1]["video"][:-1], dense[0]["video"][1:])
     with pytest.raises(ValueError, match="data.clip_stride"):
         tiny("teacher_forcing", inputs, tmp_path, "data.clip_stride=-2")
+
+
+def test_world_batches_are_fresh_renders_with_count_prompts_and_resume_exactly(inputs, tmp_path):
+    from vidforce.data.balls import BallWorldSpec, save_spec
+    spec = tmp_path / "world.json"
+    save_spec(BallWorldSpec(), spec)
+    cfg = tiny("teacher_forcing", inputs, tmp_path, "train.batch_size=3", f"data.world={spec}",
+               "data.latent_height=16", "data.latent_width=16", "data.videos=/not/read")
+    text, codec = components.text_encoder(cfg), components.codec(cfg)
+    a = source(cfg, "videos")
+    first = a.next()
+    assert first.latents.shape == (3, cfg.rollout.num_frames, cfg.model.in_dim, 16, 16)
+    pixels = codec.decode(first.latents)
+    assert pixels.min() >= -1 and pixels.max() <= 1 and pixels.std() > 0.05
+    table = text.encode(["1 ball", "2 balls", "3 balls"])
+    assert all(any(torch.equal(row, known) for known in table) for row in first.cond)   # only the count
+    state = a.state_dict()
+    expected = [a.next().latents for _ in range(2)]
+    b = source(cfg, "videos")
+    b.load_state_dict(state)
+    for latents in expected:
+        assert torch.equal(b.next().latents, latents)
+    assert not torch.equal(expected[0], expected[1])                       # fresh scenes every micro-batch
+    assert not torch.equal(source(cfg, "videos", 0, 2).next().latents, source(cfg, "videos", 1, 2).next().latents)
+    missing = tiny("teacher_forcing", inputs, tmp_path, f"data.world={tmp_path / 'none.json'}")
+    with pytest.raises(FileNotFoundError, match="data.world not found"):
+        source(missing, "videos")

@@ -6,7 +6,9 @@
   (a clip starting every ``data.clip_stride`` frames, default the clip length: no overlap; resized to the
   latent size times the codec factor), drawn by a rank-sharded
   ``ClipSampler``, encoded to ``latents`` by the codec; ``cond`` = caption embeddings. With ``data.cache_clips``
-  every clip is decoded once, up front, by a thread pool.
+  every clip is decoded once, up front, by a thread pool. With ``data.world`` (a ``data.balls`` world spec
+  JSON) the clips are instead fresh scenes of that world rendered on the device every micro-batch
+  (:class:`WorldStream`: unlimited data, no codec loss, no files); ``data.videos`` is then not read.
 - ``ode_pairs``: ``objective.ode_init.pairs`` from ``tools/make_ode_pairs.py``, read one pair at a time
   (``trajectory [S+1, T, C, H, W]``, ``text [L, D]``).
 ``uncond`` is the embedding of ``data.negative_prompt``, encoded once. Reading is synchronous, so the
@@ -17,6 +19,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import safe_open
 
@@ -62,6 +65,33 @@ class ODEPairs:
             return (torch.cat([traj[i:i + 1] for i in indices]), torch.cat([text[i:i + 1] for i in indices]))
 
 
+class WorldStream:
+    """Fresh scenes of a ``data.balls`` world for one rank: micro-batch ``n`` draws its scenes from
+    ``default_rng([seed, rank, n])`` (never the held-out evaluation seeds' streams). ``epoch`` counts the
+    micro-batches drawn (the whole state: resume is exact)."""
+
+    def __init__(self, path: str, seed: int, rank: int):
+        from vidforce.data.balls import load_spec  # noqa: PLC0415
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"data.world not found: {path}")
+        self.spec, self.seed, self.rank = load_spec(path), seed, rank
+        self.epoch, self.position = 0, 0
+
+    def draw(self, batch: int, frames: int, device) -> tuple[torch.Tensor, list[str]]:
+        """Video ``[B, frames, 3, H, W]`` in [-1, 1] on ``device`` and the prompts of the next micro-batch."""
+        from vidforce.data.balls import sample_batch  # noqa: PLC0415
+        rng = np.random.default_rng([self.seed, self.rank, self.epoch])
+        self.epoch += 1
+        video, prompts, _ = sample_batch(self.spec, frames, rng=rng, batch_size=batch, device=device)
+        return video, prompts
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position = state["epoch"], state["position"]
+
+
 class BatchSource:
     """Micro-batches of ``train.batch_size`` samples for this rank, resumable via ``state_dict``."""
 
@@ -73,6 +103,9 @@ class BatchSource:
                 raise ValueError("data.prompts is empty: this objective rolls out from prompts")
             self.prompts = PromptSampler(load_prompts(cfg.data.prompts), seed, rank, world)
             self.order = self.prompts.order
+        elif kind == "videos" and cfg.data.world:
+            self.world = WorldStream(cfg.data.world, seed, rank)
+            self.order = self.world
         elif kind == "videos":
             if not cfg.data.videos:
                 raise ValueError(f"data.videos is empty: objective.name={cfg.objective.name} trains on video clips")
@@ -100,6 +133,12 @@ class BatchSource:
         uncond = self.uncond.expand(b, -1, -1)
         if self.kind == "prompts":
             return Batch(cond=self.encode(self.prompts.sample(b)), uncond=uncond)
+        if self.kind == "videos" and self.cfg.data.world:
+            frames = self.codec.num_frames(self.cfg.rollout.num_frames)
+            video, prompts = self.world.draw(b, frames, self.device)
+            with torch.no_grad():
+                latents = self.codec.encode(video).float()
+            return Batch(cond=self.encode(prompts), uncond=uncond, latents=latents)
         if self.kind == "videos":
             items = [self.clips[i] for i in take(self.order, b)]
             video = torch.stack([item["video"] for item in items]).to(self.device)
