@@ -5,8 +5,9 @@
 
 Each ``--model LABEL=FILE:MODEL`` names a model of an evaluation's ``results.json`` (``vidforce mini --stages
 evaluate``); each ``--pair FIRST SECOND`` adds the per-scene paired advantage of FIRST over SECOND
-(``vidforce.recipes.comparisons``, the table of ``comparisons.md``). The evaluations must share their setup (world,
-scene seeds, horizon, chunk, fps), so that every model saw the same scenes and the same noise; a mismatch is
+on D, each normalised drift term, the motion ratio and the count accuracy, at every horizon both reach
+(``vidforce.recipes.comparisons.paired_markdown``). The evaluations must share their setup (world, scene and
+noise seeds, horizon, chunk, fps), so that every model saw the same scenes and the same noise; a mismatch is
 an error naming both files and the field.
 """
 from __future__ import annotations
@@ -18,10 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tools.bench_common import write_markdown  # noqa: E402
-from vidforce.recipes.comparisons import comparison_markdown  # noqa: E402
-from vidforce.recipes.evaluate import WORLD_KEYS  # noqa: E402
+from vidforce.recipes.comparisons import paired_markdown  # noqa: E402
+from vidforce.recipes.report import TABLE_KEYS  # noqa: E402
 
-SHARED = ("spec", "seeds", "horizon", "chunk", "fps")     # what makes two evaluations' scenes and noise equal
+SHARED = ("spec", "seeds", "noise_seeds", "horizon", "chunk", "fps")   # what makes two evaluations' units equal
 
 
 def parse_model(text: str) -> tuple[str, Path, str]:
@@ -49,7 +50,7 @@ def load_models(specs: list[str]) -> dict[str, dict]:
         if first is None:
             first = (path, setup)
         for field in SHARED:
-            if setup[field] != first[1][field]:
+            if setup.get(field) != first[1].get(field):
                 raise ValueError(f"{path} and {first[0]} were evaluated on different setups ({field} differs): "
                                  "their models did not see the same scenes and noise")
         models[label] = results["models"][model]
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         unknown = sorted({label for pair in args.pair for label in pair} - set(models))
         if unknown:
             raise ValueError(f"--pair: unknown label(s) {unknown}; --model labels: {sorted(models)}")
-        table = comparison_markdown(models, [tuple(pair) for pair in args.pair], WORLD_KEYS)
+        table = paired_markdown(models, [tuple(pair) for pair in args.pair], TABLE_KEYS)
     except (FileNotFoundError, ValueError) as err:
         print(f"compare_results: error: {err}", file=sys.stderr)
         return 2

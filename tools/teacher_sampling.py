@@ -1,13 +1,16 @@
-"""The mini-world teacher under different sampling settings: world metrics at 1x K per CFG scale, Euler step
-count and shift.
+"""The mini-world teacher under different sampling settings: count accuracy and D at 1x K per CFG scale, Euler
+step count and shift.
 
     python tools/teacher_sampling.py RUN [--smoke] [--device cpu|cuda] [--guidance 1 2 3] [--steps 40]
         [--shift 3] [--scenes 32] [--out FILE.md]
 
 RUN is a ``vidforce mini`` output directory with a finished teacher (``--smoke``: a smoke run). Every setting
-(the product of ``--guidance``, ``--steps`` and ``--shift``) samples the same held-out scenes with the same
-noise as the evaluation (recipe ``evaluate.seed``), so rows differ only by the setting. Prints a markdown table
-(mean ± standard error over scenes) and writes it to ``--out`` with the command that made it.
+(the product of ``--guidance``, ``--steps`` and ``--shift``) samples the same held-out units (scene x noise
+seed) with the same noise as the evaluation (recipe ``evaluate.seed``, ``evaluate.noise_seeds``), so rows differ
+only by the setting. At 1x every drift term but the count compares the first window with itself (0 by
+construction), so the columns are the ones the teacher gate reads (``count_accuracy``, ``D``) and the count
+error. Prints a markdown table (mean ± standard error over scenes) and writes it to ``--out`` with the command
+that made it.
 """
 from __future__ import annotations
 
@@ -23,39 +26,41 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tools.bench_common import write_markdown  # noqa: E402
 from vidforce import components  # noqa: E402
 from vidforce.recipes import evaluate as ev  # noqa: E402
+from vidforce.recipes.report import value_cell  # noqa: E402
 from vidforce.recipes.mini import eval_setup, load_mini, stage_config  # noqa: E402
 from vidforce.models.build import build_teacher  # noqa: E402
 from vidforce.sampling import Guidance, euler_grid  # noqa: E402
 from vidforce.train.dist import pick_device  # noqa: E402
 
-COLUMNS = ("guidance", "steps", "shift", *ev.WORLD_KEYS)
+METRICS = ("count_accuracy", "D", "count_error")
+COLUMNS = ("guidance", "steps", "shift", *METRICS)
 
 
 def sweep(run_dir: str, smoke: bool, device: str, guidance: list[float], steps: list[int], shifts: list[float],
           scenes: int) -> list[dict]:
-    """One row per setting: ``{guidance, steps, shift, <world key>: (mean, se), seconds}`` at 1x K."""
+    """One row per setting: ``{guidance, steps, shift, <metric>: (mean, se), seconds}`` at 1x K."""
     mini = load_mini(smoke, device, run_dir)
-    if not (mini.artifact("teacher").is_file() and (mini.dir("data") / "world_spec.json").is_file()):
-        raise FileNotFoundError(f"{run_dir}: needs a finished teacher and data stage "
-                                f"({mini.artifact('teacher')}, {mini.dir('data') / 'world_spec.json'})")
+    if not (mini.artifact("teacher").exists() and mini.artifact("world").is_file()):
+        raise FileNotFoundError(f"{run_dir}: needs a finished teacher and world stage "
+                                f"({mini.artifact('teacher')}, {mini.artifact('world')})")
     dev = pick_device(device)
     cfg = stage_config(mini, "self_forcing")           # its teacher.checkpoint is the teacher export
     setup = eval_setup(mini, cfg, scenes)
     teacher = build_teacher(cfg, dev, torch.float32)
     text, codec = components.text_encoder(cfg, dev), components.codec(cfg, dev)
-    prompts = ev.scene_prompts(setup)
-    noise = ev.scene_noise(setup.seeds, setup.horizon, setup.latent_shape, dev)
+    prompts = ev.unit_prompts(setup)
+    noise = ev.scene_noise(setup.seeds, setup.noise_seeds, setup.horizon, setup.latent_shape, dev)
     rows = []
     for g, n, shift in itertools.product(guidance, steps, shifts):
         t0 = time.perf_counter()
         guide = Guidance(g, cfg.objective.guidance.convention)
         sample = ev.teacher_sampler(teacher, text, cfg.data.negative_prompt, euler_grid(n, shift), guide)
-        summary = ev.summarize_model(ev.generate_videos(sample, codec, prompts, noise), setup)
-        mean, se = summary["horizons"]["1"], summary["se"]["1"]
-        rows.append({"guidance": g, "steps": n, "shift": shift, **{k: (mean[k], se[k]) for k in ev.WORLD_KEYS},
+        summary = ev.summarize_model(ev.generate_videos(sample, codec, prompts, noise), setup, len(setup.noise_seeds))
+        mean, se = summary["horizons"]["1x"], summary["se"]["1x"]
+        rows.append({"guidance": g, "steps": n, "shift": shift, **{k: (mean[k], se[k]) for k in METRICS},
                      "seconds": time.perf_counter() - t0})
         print(f"[teacher_sampling] guidance {g} steps {n} shift {shift}: count_accuracy "
-              f"{mean['count_accuracy']:.3f} ({rows[-1]['seconds']:.0f} s)", flush=True)
+              f"{mean['count_accuracy']:.3f}, D {mean['D']:.3f} ({rows[-1]['seconds']:.0f} s)", flush=True)
     return rows
 
 
@@ -64,7 +69,7 @@ def table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
         cells = [f"{r['guidance']:g}", str(r["steps"]), f"{r['shift']:g}"]
-        cells += [ev.value_cell(*r[k]) for k in ev.WORLD_KEYS]
+        cells += [value_cell(*r[k]) for k in METRICS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

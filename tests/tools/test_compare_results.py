@@ -14,15 +14,16 @@ def load_tool():
     return module
 
 
-def write_results(path, seeds, models):
-    """A results.json with ``models = {name: per-scene count_error list}`` (other metrics: zeros)."""
+def write_results(path, seeds, models, noise_seeds=(0, 1)):
+    """A results.json with ``models = {name: per-scene D list}`` (other metrics: zeros) at 10x."""
     tool = load_tool()
-    setup = {"spec": {"height": 32}, "seeds": seeds, "horizon": 12, "chunk": 3, "fps": 8.0}
+    setup = {"spec": {"height": 32}, "seeds": seeds, "noise_seeds": list(noise_seeds), "horizon": 12, "chunk": 3,
+             "fps": 8.0}
     summaries = {}
-    for name, count_error in models.items():
-        per = {k: [0.0] * len(count_error) for k in tool.WORLD_KEYS}
-        per["count_error"] = count_error
-        summaries[name] = {"per_scene": {"10": per}}
+    for name, d in models.items():
+        per = {k: [0.0] * len(d) for k in tool.TABLE_KEYS}
+        per["D"] = d
+        summaries[name] = {"per_scene": {"10x": per}}
     path.write_text(json.dumps({"setup": setup, "models": summaries}))
     return path
 
@@ -36,8 +37,8 @@ def test_pairs_models_of_two_files(tmp_path, capsys):
     assert code == 0
     row = next(line for line in out.read_text().splitlines() if line.startswith("| long vs short | 10x |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    # count_error advantage per scene: 1, 1, 2 -> mean 4/3, standard error sqrt(1/3)/sqrt(3) = 1/3
-    assert cells[2 + load_tool().WORLD_KEYS.index("count_error")] == "**+1.333 ± 0.333**"
+    # D advantage per scene: 1, 1, 2 -> mean 4/3, standard error sqrt(1/3)/sqrt(3) = 1/3
+    assert cells[2 + load_tool().TABLE_KEYS.index("D")] == "**+1.333 ± 0.333**"
     assert out.read_text().startswith("`python tools/compare_results.py --model long=")
 
 
@@ -47,6 +48,9 @@ def test_different_seeds_are_refused_naming_both_files(tmp_path, capsys):
     assert load_tool().main(["--model", f"x={a}:m", "--model", f"y={b}:m", "--pair", "x", "y"]) == 2
     err = capsys.readouterr().err
     assert "seeds differs" in err and str(a) in err and str(b) in err
+    c = write_results(tmp_path / "c.json", [1, 2, 3], {"m": [1.0, 2.0, 3.0]}, noise_seeds=(0,))
+    assert load_tool().main(["--model", f"x={a}:m", "--model", f"y={c}:m", "--pair", "x", "y"]) == 2
+    assert "noise_seeds differs" in capsys.readouterr().err
 
 
 def test_argument_errors_name_the_argument(tmp_path, capsys):

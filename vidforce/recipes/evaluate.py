@@ -1,61 +1,69 @@
-"""Long-rollout evaluation of mini-world models: world metrics and drift at 1x / 4x / 10x the teacher horizon.
+"""Long-rollout evaluation of ball-world models: first-window drift at 1x / 4x / 10x / 20x the teacher horizon.
 
-Every model generates from the same fixed scenes (seed -> ``Scene`` -> ``prompt_for``) and the same noise
-(one generator per scene seed, so a scene's noise does not depend on the batch). Samplers:
+Units. Every model generates every *unit* (held-out scene seed x noise seed, scene-major order) from the same
+noise: seed -> ``balls.scene_for_seed`` -> ``prompt_for`` (the count only; colours, sizes, background and
+speed are the model's own choice, then live only in its context), and each unit's noise from its own
+generator (:func:`scene_noise`), so it depends neither on the batch nor on the model. Samplers:
 
-- few-step students (ode_init, self_forcing, self_forcing_more, self_forcing_pp): the streaming chunk step
-  (:func:`vidforce.rollout.rollout`, exit at the last step, inference rolling cache, no grad);
-- data-trained causal baselines (teacher_forcing, diffusion_forcing): they are not distilled, so each chunk
-  is sampled with a many-step Euler ODE (``sampling.Sampler(solver="euler")``) against the same rolling
-  cache and committed with the same refresh (both :func:`causal_sampler`);
+- few-step students (ode_init, self_forcing, ...): the streaming chunk step (:func:`vidforce.rollout.rollout`,
+  exit at the last step, inference rolling cache, no grad);
+- data-trained causal baselines (teacher_forcing, diffusion_forcing): not distilled, so each chunk is sampled
+  with a many-step Euler ODE (``sampling.Sampler(solver="euler")``) against the same rolling cache and
+  committed with the same refresh (both :func:`causal_sampler`);
 - the bidirectional teacher: K frames only, the many-step Euler ODE with CFG (the sampler of its ODE pairs).
 
-A causal model's first ``h K`` frames do not depend on what follows, so one ``10 K`` rollout gives every
-horizon: *horizon h* reports the metrics of the last teacher-horizon block ``[(h - 1) K, h K)``. World
-metrics (``data.world_metrics``) are per frame against the scene truth; drift metrics
-(``diagnostics.analyze_frames``) per K-frame window. The data reference is the truth rendered for the same
-scenes and sent through the training data path (mp4 at the recipe's quality, decoded by decord).
+Horizons. A causal model's first ``h K`` frames do not depend on later ones, so one rollout to
+``max(multiples) K`` gives every horizon: *horizon h* (``"hx"``) is window ``h - 1`` of
+``ball_metrics.scene_metrics(video, count, window=K)``, the block ``[(h - 1) K, h K)`` against the video's
+own first block. The teacher (multiple 1) has ``1x`` only. ``count_accuracy`` (fraction of a block's frames
+whose detected count is the prompt's) is measured on the reported blocks only. A scene's value of a metric is
+the mean over its noise seeds; means and standard errors are over scenes. The data reference ``data`` is
+the truth render of each scene (``balls.render_numpy``, no codec), one video per scene.
 
 Generation dominates the cost, so each model's videos are cached in ``OUT/videos/<name>.npz`` with the
-:class:`CacheKey` they were made for (a fingerprint of the weights and sampler settings, the scene seeds, the
-frame count): a rerun loads every model whose key still matches and regenerates only the others.
+:class:`CacheKey` they were made for (a fingerprint of the weights and sampler settings, the scene and noise
+seeds, the frame count): a rerun loads every model whose key still matches and regenerates only the others.
+The report (:mod:`vidforce.recipes.report`), the registered decisions (:mod:`vidforce.recipes.comparisons`)
+and the error-injection probe (:mod:`vidforce.recipes.probing`) are written under ``OUT``.
 """
 from __future__ import annotations
 
-import json
-import math
 import os
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Callable
 
-import imageio.v2 as imageio
 import numpy as np
 import torch
 from torch import Tensor
 
-from vidforce.recipes.comparisons import check_names, comparison_markdown, standard_error
-from vidforce.data.mini_world import WorldSpec, prompt_for, render, scene_for_seed, write_mp4
-from vidforce.data.video import read_frames
-from vidforce.data.world_metrics import world_metrics
-from vidforce.diagnostics import analyze_frames
+from vidforce.data.ball_metrics import MIN_AREA_FRACTION, detect, scene_metrics
+from vidforce.data.balls import BallWorldSpec, prompt_for, render_numpy, scene_for_seed, simulate
+from vidforce.recipes.comparisons import check_registered, decide, standard_error
+from vidforce.recipes.probing import PROBE_SCENES, run_probes
+from vidforce.recipes.report import write_report
 from vidforce.rollout import rollout
 from vidforce.sampling import Denoiser, Guidance, Sampler, euler
 from vidforce.video_io import to_uint8_frames
 
-WORLD_KEYS = ("count_accuracy", "count_error", "size_error", "colour_error", "speed_ratio", "background_error")
-DRIFT_KEYS = ("color_shift", "motion", "flicker", "hold_similarity")
+TERM_KEYS = ("d_count", "d_colour", "d_size", "d_background", "d_luminance", "d_clipped", "d_motion")
+RAW_KEYS = ("count_error", "colour_drift", "size_drift", "background_drift", "luminance_drift", "clipped_drift",
+            "motion_ratio")
+METRIC_KEYS = ("D", *TERM_KEYS, *RAW_KEYS, "count_accuracy")      # per horizon: means, se, per_scene
+CURVE_KEYS = ("D", *TERM_KEYS)                                     # per window vs time
 SampleFn = Callable[[list[str], Tensor], Tensor]   # (prompts, noise [B, N, C, h, w]) -> latents [B, N, C, h, w]
+ProbeFn = Callable[[list[str]], Callable]          # prompts -> run(noise, edit), as injection.rollout_run returns
 
 
 @dataclass(frozen=True)
 class EvalSetup:
-    """What every model is evaluated on. ``horizon``: teacher horizon K in latent (= pixel) frames."""
-    spec: WorldSpec
+    """What every model is evaluated on. A unit is (scene seed, noise seed); ``horizon``: teacher horizon K in
+    latent (= pixel) frames; ``multiples``: the horizons reported, in K."""
+    spec: BallWorldSpec
     seeds: tuple[int, ...]
+    noise_seeds: tuple[int, ...]
     horizon: int
     chunk: int
     fps: float
@@ -63,6 +71,21 @@ class EvalSetup:
     latent_shape: tuple[int, int, int]     # (C, h, w)
     strip_scenes: int
     strip_frames: int
+
+    def __post_init__(self):
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"EvalSetup.seeds: need distinct scene seeds, got {self.seeds}")
+        if not self.noise_seeds or len(set(self.noise_seeds)) != len(self.noise_seeds):
+            raise ValueError(f"EvalSetup.noise_seeds: need distinct noise seeds, got {self.noise_seeds}")
+        if self.horizon < 2:
+            raise ValueError(f"EvalSetup.horizon: a K-frame window needs K >= 2, got {self.horizon}")
+        if not self.multiples or min(self.multiples) < 1 or list(self.multiples) != sorted(set(self.multiples)):
+            raise ValueError(f"EvalSetup.multiples: need increasing positive integers, got {self.multiples}")
+
+
+def horizon_label(multiple: int) -> str:
+    """``4 -> "4x"``: the name of a horizon in every output."""
+    return f"{multiple}x"
 
 
 # ---------------------------------------------------------------- samplers
@@ -94,9 +117,20 @@ def scene_prompts(setup: EvalSetup) -> list[str]:
     return [prompt_for(scene_for_seed(s, setup.spec)) for s in setup.seeds]
 
 
-def scene_noise(seeds: tuple[int, ...], frames: int, latent_shape: tuple[int, int, int], device) -> Tensor:
-    """Noise ``[S, frames, C, h, w]``: scene i's from its own seed (same for every model and batch)."""
-    rows = [torch.randn((frames, *latent_shape), generator=torch.Generator().manual_seed(s)) for s in seeds]
+def unit_prompts(setup: EvalSetup) -> list[str]:
+    """The prompt of each unit: scene-major, ``len(setup.noise_seeds)`` units per scene."""
+    return [p for p in scene_prompts(setup) for _ in setup.noise_seeds]
+
+
+def scene_noise(seeds: tuple[int, ...], noise_seeds: tuple[int, ...], frames: int,
+                latent_shape: tuple[int, int, int], device) -> Tensor:
+    """Noise ``[S * N, frames, C, h, w]``, scene-major: unit (scene s, noise seed n) from its own generator,
+    seeded by ``SeedSequence([s, n])`` (the same for every model and batch)."""
+    rows = []
+    for s in seeds:
+        for n in noise_seeds:
+            seed = int(np.random.SeedSequence([s, n]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+            rows.append(torch.randn((frames, *latent_shape), generator=torch.Generator().manual_seed(seed)))
     return torch.stack(rows).to(device)
 
 
@@ -107,15 +141,9 @@ def generate_videos(sample: SampleFn, codec, prompts: list[str], noise: Tensor) 
 
 
 def data_videos(setup: EvalSetup, frames: int) -> list[np.ndarray]:
-    """The scenes' truth through the training data path: mp4 written as in the recipe, decoded by decord."""
-    out = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for seed in setup.seeds:
-            video, _ = render(scene_for_seed(seed, setup.spec), setup.spec, frames)
-            path = Path(tmp) / f"{seed}.mp4"
-            write_mp4(path, video, setup.fps)
-            out.append(read_frames(path, np.arange(frames)))
-    return out
+    """The truth of each scene: ``render_numpy`` of its simulated trajectory, uint8 ``[frames, H, W, 3]``."""
+    scenes = [scene_for_seed(s, setup.spec) for s in setup.seeds]
+    return [render_numpy(sc, setup.spec, simulate(sc, setup.spec, frames)[0]) for sc in scenes]
 
 
 # ---------------------------------------------------------------- video cache
@@ -123,10 +151,12 @@ def data_videos(setup: EvalSetup, frames: int) -> list[np.ndarray]:
 @dataclass(frozen=True)
 class CacheKey:
     """What cached videos were made for: ``fingerprint`` identifies the model (weights and sampler settings;
-    for the data reference, the world), ``seeds`` the scenes, ``frames`` the length of each video."""
+    for the data reference, the world), ``seeds`` the scenes, ``frames`` the length of each video,
+    ``noise_seeds`` the noise seeds per scene (empty: videos that do not depend on noise, the data)."""
     fingerprint: str
     seeds: tuple[int, ...]
     frames: int
+    noise_seeds: tuple[int, ...] = ()
 
 
 def differing(stored: CacheKey, wanted: CacheKey) -> list[str]:
@@ -136,27 +166,30 @@ def differing(stored: CacheKey, wanted: CacheKey) -> list[str]:
 
 
 def save_videos(path: Path, videos: list[np.ndarray], key: CacheKey) -> None:
-    """Write ``videos`` (S uint8 ``[frames, H, W, 3]``, stored stacked as ``[S, frames, H, W, 3]``) and ``key``
-    to the npz ``path`` atomically (a temp file, then ``os.replace``: an interrupted write leaves no cache)."""
+    """Write ``videos`` (uint8 ``[frames, H, W, 3]`` each, stored stacked) and ``key`` to the npz ``path``
+    atomically (a temp file, then ``os.replace``: an interrupted write leaves no cache)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         np.savez_compressed(f, videos=np.stack(videos), fingerprint=np.array(key.fingerprint),
-                            seeds=np.array(key.seeds, dtype=np.int64), frames=np.array(key.frames))
+                            seeds=np.array(key.seeds, dtype=np.int64), frames=np.array(key.frames),
+                            noise_seeds=np.array(key.noise_seeds, dtype=np.int64))
     os.replace(tmp, path)
 
 
 def read_key(path: Path) -> CacheKey:
-    """The :class:`CacheKey` stored in the npz ``path`` (the videos are not decompressed)."""
+    """The :class:`CacheKey` stored in the npz ``path`` (the videos are not decompressed; a cache written
+    before noise seeds existed reads with none)."""
     with np.load(path, allow_pickle=False) as z:
         missing = {"videos", "fingerprint", "seeds", "frames"} - set(z.files)
         if missing:
             raise ValueError(f"{path}: not a video cache (missing {sorted(missing)}); delete it")
-        return CacheKey(str(z["fingerprint"]), tuple(z["seeds"].tolist()), int(z["frames"]))
+        noise = tuple(z["noise_seeds"].tolist()) if "noise_seeds" in z.files else ()
+        return CacheKey(str(z["fingerprint"]), tuple(z["seeds"].tolist()), int(z["frames"]), noise)
 
 
 def load_videos(path: Path) -> list[np.ndarray]:
-    """The cached videos of ``path``: S uint8 ``[frames, H, W, 3]``."""
+    """The cached videos of ``path``: uint8 ``[frames, H, W, 3]`` each."""
     with np.load(path, allow_pickle=False) as z:
         return list(z["videos"])
 
@@ -186,166 +219,121 @@ def nanmean(x: np.ndarray, axis=None):
         return np.nanmean(x, axis=axis)
 
 
-def per_frame(videos: list[np.ndarray], setup: EvalSetup) -> dict[str, np.ndarray]:
-    """World metrics of every video against its scene: ``{metric: [S, T]}`` (plus ``count_accuracy``)."""
-    rows = []
-    for video, seed in zip(videos, setup.seeds):
-        m = world_metrics(video, scene_for_seed(seed, setup.spec))
-        m["count_accuracy"] = (m["count_error"] == 0).astype(np.float64)
-        rows.append(m)
-    return {k: np.stack([r[k] for r in rows]) for k in WORLD_KEYS}
+def count_accuracy(video: np.ndarray, count: int, spec: BallWorldSpec) -> float:
+    """Fraction of the frames of ``video`` [T, H, W, 3] uint8 whose detected count (``ball_metrics.detect``,
+    the world's smallest disc) equals the prompt's ``count``."""
+    det = detect(video, MIN_AREA_FRACTION * np.pi * spec.radius_range[0] ** 2)
+    return float((det.count == count).mean())
 
 
-def drift_windows(videos: list[np.ndarray], setup: EvalSetup) -> dict[str, np.ndarray]:
-    """Drift metrics per K-frame window, averaged over scenes: ``{metric: [W]}``."""
-    results = [analyze_frames(v, setup.fps, window_frames=setup.horizon) for v in videos]
-    return {k: nanmean(np.array([[w[k] for w in r["windows"]] for r in results], dtype=np.float64), axis=0)
-            for k in DRIFT_KEYS}
+def video_metrics(video: np.ndarray, count: int, setup: EvalSetup) -> dict[str, np.ndarray]:
+    """``{metric: [W]}`` per K-frame window of one video (W = T // K): ``scene_metrics`` against its first
+    window, and ``count_accuracy`` in the windows of the reported horizons (NaN elsewhere)."""
+    k = setup.horizon
+    m = scene_metrics(video, count, k, min_radius=setup.spec.radius_range[0])
+    out = {key: np.asarray(m[key], dtype=np.float64) for key in METRIC_KEYS if key != "count_accuracy"}
+    acc = np.full(len(m["D"]), np.nan)
+    for h in (h for h in setup.multiples if h <= len(acc)):
+        acc[h - 1] = count_accuracy(video[(h - 1) * k:h * k], count, setup.spec)
+    out["count_accuracy"] = acc
+    return out
 
 
-def block_means(values: np.ndarray, size: int) -> np.ndarray:
-    """Means of consecutive blocks of ``size`` along the last axis: ``[..., T] -> [..., ceil(T / size)]``."""
-    return np.stack([nanmean(values[..., s:s + size], axis=-1) for s in range(0, values.shape[-1], size)], -1)
+def summarize_model(videos: list[np.ndarray], setup: EvalSetup, per_scene: int) -> dict:
+    """Summary of a model's videos (scene-major, ``per_scene`` units per scene, all of one length T).
+
+    Returns ``frames`` (T); per horizon label (``"1x"``, ...) reached: ``horizons[h][metric]`` the mean over
+    scenes, ``se[h][metric]`` its standard error, ``per_scene[h][metric]`` the S scene values (``setup.seeds``
+    order); ``curves``: ``t`` [W] (end of each K-frame window, seconds) and the scene mean of each of
+    ``CURVE_KEYS`` per window.
+    """
+    counts = [scene_for_seed(s, setup.spec).count for s in setup.seeds for _ in range(per_scene)]
+    units = [video_metrics(v, c, setup) for v, c in zip(videos, counts)]
+    windows = len(units[0]["D"])
+    scenes = {key: nanmean(np.stack([u[key] for u in units]).reshape(len(setup.seeds), per_scene, windows), axis=1)
+              for key in METRIC_KEYS}                                           # {metric: [S, W]}
+    horizons, se, values = {}, {}, {}
+    for h in (h for h in setup.multiples if h <= windows):
+        label = horizon_label(h)
+        values[label] = {key: v[:, h - 1].tolist() for key, v in scenes.items()}
+        horizons[label] = {key: float(nanmean(v[:, h - 1])) for key, v in scenes.items()}
+        se[label] = {key: standard_error(v[:, h - 1]) for key, v in scenes.items()}
+    curves = {key: nanmean(scenes[key], axis=0).tolist() for key in CURVE_KEYS}
+    curves["t"] = (np.arange(1, windows + 1) * setup.horizon / setup.fps).tolist()
+    return {"frames": int(videos[0].shape[0]), "horizons": horizons, "se": se, "per_scene": values,
+            "curves": curves}
 
 
-def summarize_model(videos: list[np.ndarray], setup: EvalSetup) -> dict:
-    """Per horizon multiple: world metrics over its last K-frame block (the mean over scenes of each
-    scene's block mean; ``per_scene`` keeps those, ``se`` their standard errors) and that block's drift
-    window; and the curves (per chunk, averaged over scenes) against time."""
-    frames, drift, k = per_frame(videos, setup), drift_windows(videos, setup), setup.horizon
-    length = videos[0].shape[0]
-    horizons, per_scene, se = {}, {}, {}
-    for h in (m for m in setup.multiples if m * k <= length):
-        scenes = {name: nanmean(v[:, (h - 1) * k:h * k], axis=1) for name, v in frames.items()}
-        row = {name: float(nanmean(v)) for name, v in scenes.items()}
-        row.update({name: float(v[h - 1]) for name, v in drift.items()})
-        horizons[str(h)] = row
-        per_scene[str(h)] = {name: v.tolist() for name, v in scenes.items()}
-        se[str(h)] = {name: standard_error(v) for name, v in scenes.items()}
-    curves = {name: block_means(nanmean(v, axis=0), setup.chunk).tolist() for name, v in frames.items()}
-    curves["t"] = (np.arange(0, length, setup.chunk) / setup.fps).tolist()
-    drift_curves = {name: v.tolist() for name, v in drift.items()}
-    drift_curves["t"] = (np.arange(len(drift["motion"])) * k / setup.fps).tolist()
-    return {"frames": length, "horizons": horizons, "per_scene": per_scene, "se": se, "curves": curves,
-            "drift_curves": drift_curves}
+# ---------------------------------------------------------------- entry point
 
-
-# ---------------------------------------------------------------- report
-
-def _clean(x):
-    """JSON-safe copy: NaN / inf -> None."""
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
-
-
-def value_cell(value, se=None) -> str:
-    """A table cell: ``value`` to 3 decimals, ``± se`` where finite; ``-`` for a missing or non-finite value."""
-    if value is None or not math.isfinite(value):
-        return "-"
-    return f"{value:.3f}" if se is None or not math.isfinite(se) else f"{value:.3f} ± {se:.3f}"
-
-
-def table_markdown(models: dict[str, dict]) -> str:
-    """Markdown table: one row per (model, horizon), one column per metric; world metrics as mean ± standard
-    error over scenes where the summary has them."""
-    keys = WORLD_KEYS + DRIFT_KEYS
-    lines = ["| model | horizon | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
-    for name, res in models.items():
-        for h, row in res["horizons"].items():
-            se = res.get("se", {}).get(h, {})
-            cells = [value_cell(row[k], se.get(k)) for k in keys]
-            lines.append(f"| {name} | {h}x | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def plot_curves(models: dict[str, dict], setup: EvalSetup, path: Path) -> None:
-    """One panel per metric, one line per model (the data reference dashed black), time in seconds."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
-    from matplotlib.figure import Figure  # noqa: PLC0415
-    keys = WORLD_KEYS + DRIFT_KEYS
-    fig = Figure(figsize=(4 * 5, 3.2 * 2))
-    FigureCanvasAgg(fig)
-    for ax, key in zip(fig.subplots(2, 5).ravel(), keys):
-        curves = "drift_curves" if key in DRIFT_KEYS else "curves"
-        for name, res in models.items():
-            style = dict(color="black", linestyle="--") if name == "data" else {}
-            ax.plot(res[curves]["t"], res[curves][key], label=name, linewidth=1.2, marker="o", markersize=2, **style)
-        for h in setup.multiples:
-            ax.axvline(h * setup.horizon / setup.fps, color="0.8", linewidth=0.8, zorder=0)
-        ax.set_title(key, fontsize=9)
-        ax.set_xlabel("time [s]", fontsize=8)
-        ax.tick_params(labelsize=7)
-    fig.axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-
-
-def write_strip(videos: list[np.ndarray], setup: EvalSetup, path: Path, scale: int = 3) -> None:
-    """PNG grid: rows = the first ``strip_scenes`` scenes, columns = ``strip_frames`` frames evenly spread
-    over the whole video (nearest-neighbour upscaled, 2-px white gaps)."""
-    length = videos[0].shape[0]
-    picks = np.unique(np.linspace(0, length - 1, setup.strip_frames).round().astype(int))
-    rows = []
-    for video in videos[:setup.strip_scenes]:
-        tiles = [np.pad(video[i].repeat(scale, 0).repeat(scale, 1), ((2, 2), (2, 2), (0, 0)), constant_values=255)
-                 for i in picks]
-        rows.append(np.concatenate(tiles, axis=1))
-    imageio.imwrite(path, np.concatenate(rows, axis=0))
-
-
-def write_report(models: dict[str, dict], videos: dict[str, list[np.ndarray]], setup: EvalSetup,
-                 out: Path, comparisons: tuple[tuple[str, str], ...] = ()) -> Path:
-    """``results.json``, ``table.md``, ``curves.png``, ``strip_<model>.png`` and, for ``comparisons`` (pairs
-    of model names), ``comparisons.md`` (paired per-scene advantages, :mod:`vidforce.recipes.comparisons`) in ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
-    meta = asdict(setup)
-    meta["spec"] = asdict(setup.spec)
-    meta["prompts"] = scene_prompts(setup)
-    (out / "results.json").write_text(json.dumps(_clean({"setup": meta, "models": models}), indent=1) + "\n")
-    (out / "table.md").write_text(table_markdown(models))
-    if comparisons:
-        (out / "comparisons.md").write_text(comparison_markdown(models, list(comparisons), WORLD_KEYS))
-    plot_curves(models, setup, out / "curves.png")
-    for name, vids in videos.items():
-        write_strip(vids, setup, out / f"strip_{name}.png")
-    return out / "results.json"
-
-
-def evaluate(samplers: dict[str, tuple[SampleFn, int]], codec, setup: EvalSetup, out: str | Path,
-             device="cpu", comparisons: tuple[tuple[str, str], ...] = (),
-             fingerprints: dict[str, str] | None = None) -> dict[str, dict]:
-    """Evaluate ``{name: (sample_fn, horizon multiple it rolls out to)}`` plus the data reference ``data``;
-    write the report under ``out``; return ``{name: summary}``.
-
-    ``fingerprints``: ``{name: string identifying the model's weights and sampler settings}`` (for ``data``:
-    the world). A fingerprinted model's videos (S uint8 ``[multiple K, H, W, 3]``) are cached in
-    ``out/videos/<name>.npz`` and reused while fingerprint, ``setup.seeds`` and frame count all match
-    (:func:`cached_videos`); a model without one is generated on every call and not cached."""
+def _check_inputs(samplers, codec, setup: EvalSetup, registered, fingerprints, probes, probe_chunk: int,
+                  probe_chunks: int) -> None:
+    """Every ValueError that can be raised before minutes of sampling."""
     if codec.temporal_factor != 1:
         raise ValueError("mini-world evaluation needs a codec with temporal factor 1 (codec.kind=pixel)")
-    check_names(comparisons, {"data", *samplers})       # before minutes of sampling
-    fingerprints = fingerprints or {}
-    unknown = sorted(set(fingerprints) - {"data", *samplers})
+    if "data" in samplers:
+        raise ValueError("evaluate.samplers: the name 'data' is the truth reference")
+    longest = max(setup.multiples)
+    for name, (_, multiple) in samplers.items():
+        if not 1 <= multiple <= longest:
+            raise ValueError(f"evaluate.samplers[{name!r}]: multiple {multiple} outside 1..{longest}")
+    reach = {name: tuple(horizon_label(m) for m in setup.multiples if m <= multiple)
+             for name, multiple in (("data", longest), *((n, m) for n, (_, m) in samplers.items()))}
+    check_registered(registered, reach)
+    unknown = sorted(set(fingerprints) - set(reach))
     if unknown:
-        raise ValueError(f"evaluate fingerprints: unknown model(s) {unknown}; models: {['data', *samplers]}")
-    out = Path(out)
-    prompts = scene_prompts(setup)
-    longest = max(setup.multiples) * setup.horizon
-    noise = scene_noise(setup.seeds, longest, setup.latent_shape, device)
+        raise ValueError(f"evaluate fingerprints: unknown model(s) {unknown}; models: {sorted(reach)}")
+    unknown = sorted(set(probes) - set(samplers))
+    if unknown:
+        raise ValueError(f"evaluate probes: unknown model(s) {unknown}; models: {sorted(samplers)}")
+    if probes and not 0 <= probe_chunk < probe_chunks:
+        raise ValueError(f"evaluate.probe_chunk: {probe_chunk} outside the {probe_chunks} chunks of the probe")
 
-    def cached(name: str, make: Callable[[], list[np.ndarray]], frames: int) -> list[np.ndarray]:
-        key = CacheKey(fingerprints[name], tuple(setup.seeds), frames) if name in fingerprints else None
+
+def _probe(probes: dict[str, ProbeFn], codec, setup: EvalSetup, device, inject_chunk: int, chunks: int) -> dict:
+    """The probe on the first ``PROBE_SCENES`` scenes (first noise seed): ``{scenes, noise_seed, inject_chunk,
+    chunks, models: {name: probing.probe_model's dict}}``."""
+    seeds = setup.seeds[:PROBE_SCENES]
+    noise = scene_noise(seeds, setup.noise_seeds[:1], chunks * setup.chunk, setup.latent_shape, device)
+    models = run_probes(probes, codec, scene_prompts(setup)[:len(seeds)], noise, setup.spec, inject_chunk,
+                        setup.chunk)
+    return {"scenes": list(seeds), "noise_seed": setup.noise_seeds[0], "inject_chunk": inject_chunk,
+            "chunks": chunks, "models": models}
+
+
+def evaluate(samplers: dict[str, tuple[SampleFn, int]], codec, setup: EvalSetup, out: str | Path, device="cpu",
+             registered: list[dict] = (), fingerprints: dict[str, str] | None = None,
+             probes: dict[str, ProbeFn] | None = None, probe_chunk: int = 2, probe_chunks: int = 12) -> dict:
+    """Evaluate ``{name: (sample_fn, horizon multiple it rolls out to)}`` plus the data reference ``data``,
+    decide the ``registered`` entries (:func:`comparisons.decide`), run the error-injection probe of each
+    ``probes`` model (:func:`probing.probe_model`, chunk ``probe_chunk`` of ``probe_chunks``), write the report
+    under ``out`` and return ``{"setup", "models": {name: summary}, "decisions", "probe"}`` (``probe``: None
+    without probes).
+
+    ``fingerprints``: ``{name: string identifying the model's weights and sampler settings}`` (for ``data``:
+    the world). A fingerprinted model's videos are cached in ``out/videos/<name>.npz`` and reused while
+    fingerprint, scene and noise seeds and frame count all match (:func:`cached_videos`); a model without one
+    is generated on every call and not cached."""
+    fingerprints, probes = fingerprints or {}, probes or {}
+    _check_inputs(samplers, codec, setup, registered, fingerprints, probes, probe_chunk, probe_chunks)
+    out = Path(out)
+    longest = max(setup.multiples) * setup.horizon
+    noise = scene_noise(setup.seeds, setup.noise_seeds, longest, setup.latent_shape, device)
+
+    def cached(name: str, make: Callable[[], list[np.ndarray]], frames: int, noise_seeds=()) -> list[np.ndarray]:
+        key = CacheKey(fingerprints[name], tuple(setup.seeds), frames, tuple(noise_seeds)) \
+            if name in fingerprints else None
         return cached_videos(make, out / "videos" / f"{name}.npz", key)
 
     videos = {"data": cached("data", partial(data_videos, setup, longest), longest)}
     for name, (sample, multiple) in samplers.items():
         frames = multiple * setup.horizon
-        videos[name] = cached(name, partial(generate_videos, sample, codec, prompts, noise[:, :frames]), frames)
-    models = {name: summarize_model(v, setup) for name, v in videos.items()}
-    write_report(models, videos, setup, out, comparisons)
-    return models
+        make = partial(generate_videos, sample, codec, unit_prompts(setup), noise[:, :frames])
+        videos[name] = cached(name, make, frames, setup.noise_seeds)
+    per_scene = {name: 1 if name == "data" else len(setup.noise_seeds) for name in videos}   # videos a scene
+    models = {name: summarize_model(v, setup, per_scene[name]) for name, v in videos.items()}
+    probe = _probe(probes, codec, setup, device, probe_chunk, probe_chunks) if probes else None
+    meta = {**asdict(setup), "prompts": scene_prompts(setup)}
+    results = {"setup": meta, "models": models, "decisions": decide(models, registered), "probe": probe}
+    write_report(results, {name: v[::per_scene[name]] for name, v in videos.items()}, setup, out)
+    return results

@@ -1,24 +1,27 @@
-"""``vidforce mini``: the mini-world recipe, from procedural data to the long-rollout results table.
+"""``vidforce mini``: the mini-world recipe (v2, the ball world), from a world spec to the pre-registered results.
 
 Stages, in order (each writes ``OUT/<dir>/done.json`` last; a rerun skips every stage that has one, and an
 interrupted training stage resumes from its run's latest checkpoint):
 
-1. ``data``              mini-world clips (mp4 + captions + ``manifest.jsonl``), ``prompts.txt``, ``world_spec.json``
-2. ``teacher``           bidirectional teacher, flow matching with CFG dropout          -> ``model.safetensors``
+1. ``world``             ``world_spec.json`` (``data.balls``) and ``prompts.txt`` (the counts: "1 ball" ...);
+                         every data-trained stage renders fresh scenes of it on its device (``data.world``)
+2. ``teacher``           bidirectional teacher, flow matching with CFG dropout on every noise level
 3. ``ode_pairs``         teacher Euler ODE with CFG, recorded at the few-step sigmas     -> ``pairs.safetensors``
-4. ``ode_init``          causal ODE-regression init from the teacher weights            -> ``model.safetensors``
-5. ``teacher_forcing``   data baseline from the teacher weights                         -> ``model.safetensors``
-6. ``diffusion_forcing`` data baseline from the teacher weights                         -> ``model.safetensors``
-7. ``self_forcing``      DMD from the ODE-init export, critic from the teacher          -> ``model.safetensors``
-8. ``self_forcing_more`` the control: Self Forcing continued from its export for as many iterations, at the
-                         same batch, as ``self_forcing_pp`` gets (K-frame rollouts)    -> ``model.safetensors``
-9. ``self_forcing_pp``   extended DMD (rollouts to 4K) from the Self Forcing export     -> ``model.safetensors``
-10. ``evaluate``          1x / 4x / 10x K rollouts, world + drift metrics               -> ``OUT/results/``
-                         (each model's videos cached in ``OUT/results/videos/<model>.npz``: a rerun
-                         regenerates only models whose weights or sampler settings changed)
+4. ``ode_init``          causal ODE-regression init from the teacher weights
+5. ``teacher_forcing``   data baseline from the teacher weights (clean context)
+6. ``diffusion_forcing`` data baseline from the teacher weights (noisy context)
+7. ``tf_dmd``            DMD from the teacher-forcing export: the equal-NFE baseline of Self Forcing
+8. ``df_dmd``            DMD from the diffusion-forcing export: the other equal-NFE baseline
+9. ``self_forcing``      DMD on K-frame self-rollouts from the ODE-init export
+10. ``self_forcing_pp``  extended DMD on long rollouts from the *same* ODE-init export, as many generator updates
+11. ``teacher_forcing_seed1``, ``self_forcing_seed1``, ``self_forcing_pp_seed1``: the same with training seed 1
+12. ``evaluate``         1x / 4x / 10x / 20x K rollouts, first-window drift metrics, injection half-lives,
+                         the pre-registered decisions                                   -> ``OUT/results/``
 
-Settings: ``configs/mini/<stage>.yaml`` (training), ``configs/mini/recipe.yaml`` (data, ODE pairs, evaluation)
-and, with ``--smoke``, ``configs/mini/smoke.yaml`` over both. Exports are the generators' EMA weights.
+Every trained stage exports its EMA generator (``optim.ema_warmup``) as bf16 safetensors shards of at most
+16 MiB in ``OUT/<stage>/model/`` (the directory is the next stage's ``model.checkpoint``): each crosses a
+device call. Settings: ``configs/mini/<stage>.yaml`` (training), ``configs/mini/recipe.yaml`` (world, ODE
+pairs, evaluation, pre-registered comparisons) and, with ``--smoke``, ``configs/mini/smoke.yaml`` over both.
 """
 from __future__ import annotations
 
@@ -26,7 +29,6 @@ import hashlib
 import json
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,35 +37,43 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from vidforce import components, config
-from vidforce.data.mini_world import WorldSpec, export_mini_world, load_spec, save_spec
+from vidforce.data.balls import BallWorldSpec, load_spec, save_spec
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO / "configs" / "mini"
-STAGES = ("data", "teacher", "ode_pairs", "ode_init", "teacher_forcing", "diffusion_forcing", "self_forcing",
-          "self_forcing_more", "self_forcing_pp", "evaluate")
+SHARD_BYTES = 16 * 2 ** 20      # the device's return limit per file
+_FROM_ODE = (("model.checkpoint", "ode_init"), ("teacher.checkpoint", "teacher"))
 TRAINED = {  # stage -> (config field, stage whose artifact it loads)
     "teacher": (),
     "ode_init": (("model.checkpoint", "teacher"), ("objective.ode_init.pairs", "ode_pairs")),
     "teacher_forcing": (("model.checkpoint", "teacher"),),
     "diffusion_forcing": (("model.checkpoint", "teacher"),),
-    "self_forcing": (("model.checkpoint", "ode_init"), ("teacher.checkpoint", "teacher")),
-    "self_forcing_more": (("model.checkpoint", "self_forcing"), ("teacher.checkpoint", "teacher")),
-    "self_forcing_pp": (("model.checkpoint", "self_forcing"), ("teacher.checkpoint", "teacher")),
+    "tf_dmd": (("model.checkpoint", "teacher_forcing"), ("teacher.checkpoint", "teacher")),
+    "df_dmd": (("model.checkpoint", "diffusion_forcing"), ("teacher.checkpoint", "teacher")),
+    "self_forcing": _FROM_ODE,
+    "self_forcing_pp": _FROM_ODE,
+    "teacher_forcing_seed1": (("model.checkpoint", "teacher"),),
+    "self_forcing_seed1": _FROM_ODE,
+    "self_forcing_pp_seed1": _FROM_ODE,
 }
-NEEDS = {"data": (), "ode_pairs": ("teacher",), "evaluate": tuple(TRAINED),
-         **{s: ("data",) + tuple(dict.fromkeys(src for _, src in deps)) for s, deps in TRAINED.items()}}
-ARTIFACTS = {"data": "manifest.jsonl", "ode_pairs": "pairs.safetensors", "evaluate": "results.json",
-             **{s: "model.safetensors" for s in TRAINED}}
+STAGES = ("world", "teacher", "ode_pairs", *[s for s in TRAINED if s != "teacher"], "evaluate")
+EULER_BASELINES = ("teacher_forcing", "diffusion_forcing", "teacher_forcing_seed1")   # not distilled
+NEEDS = {"world": (), "ode_pairs": ("teacher",), "evaluate": tuple(TRAINED),
+         **{s: ("world",) + tuple(dict.fromkeys(src for _, src in deps)) for s, deps in TRAINED.items()}}
+ARTIFACTS = {"world": "world_spec.json", "ode_pairs": "pairs.safetensors", "evaluate": "results.json",
+             **{s: "model" for s in TRAINED}}
 
 
 @dataclass(frozen=True)
 class Mini:
-    """One recipe run: output root, training device, recipe knobs and the config overrides of each stage."""
+    """One recipe run: output root, training device, recipe knobs, the config overrides of each stage, and
+    whether it is the CPU smoke run (whose models are untrained toys)."""
     out: Path
     device: str
     recipe: dict
     common: tuple[str, ...]
     per_stage: dict[str, tuple[str, ...]]
+    smoke: bool = False
 
     def dir(self, stage: str) -> Path:
         """The stage's output directory (``evaluate`` writes ``OUT/results``)."""
@@ -105,54 +115,44 @@ def load_mini(smoke: bool, device: str, out: str | Path) -> Mini:
             raise ValueError(f"{CONFIG_DIR / 'smoke.yaml'}: {str(err).splitlines()[0]}") from None
         common = dotlist(over.get("config", {}))
         per_stage = {s: tuple(dotlist(v)) for s, v in over.get("stages", {}).items()}
-    return Mini(Path(out), device, OmegaConf.to_container(recipe), tuple(common), per_stage)
+    return Mini(Path(out), device, OmegaConf.to_container(recipe), tuple(common), per_stage, smoke)
 
 
-def world_spec(mini: Mini) -> WorldSpec:
-    """The world of ``recipe.world`` (tuples where WorldSpec has tuples)."""
-    w = mini.recipe["world"]
-    return WorldSpec(height=w["height"], width=w["width"], fps=w["fps"], size_range=tuple(w["size_range"]),
-                     speed_range=tuple(w["speed_range"]))
+def world_spec(mini: Mini) -> BallWorldSpec:
+    """The world of ``recipe.world`` (``BallWorldSpec`` fields; tuples where it has tuples)."""
+    w = dict(mini.recipe["world"])
+    for key in ("radius_range", "speed_range", "background_range"):
+        if key in w:
+            w[key] = tuple(w[key])
+    return BallWorldSpec(**w)
 
 
 def stage_config(mini: Mini, stage: str, extra: tuple[str, ...] = ()):
     """The validated training config of ``stage`` with the recipe's paths, device and smoke overrides."""
     paths = [f"{field}={mini.artifact(src)}" for field, src in TRAINED[stage]]
     overrides = [*mini.common, *mini.per_stage.get(stage, ()), f"train.run_dir={mini.dir(stage) / 'run'}",
-                 f"train.device={mini.device}", f"data.videos={mini.artifact('data')}",
-                 f"data.prompts={mini.dir('data') / 'prompts.txt'}", *paths, *extra]
+                 f"train.device={mini.device}", f"data.world={mini.artifact('world')}",
+                 f"data.prompts={mini.dir('world') / 'prompts.txt'}", *paths, *extra]
     return config.load(CONFIG_DIR / f"{stage}.yaml", overrides)
 
 
-def run_data(mini: Mini) -> dict:
-    """Export clips in ``workers`` parallel shards (disjoint seeds), then one manifest and the unique captions."""
-    d, spec, out = mini.recipe["data"], world_spec(mini), mini.dir("data")
-    workers = max(1, min(d["workers"], d["clips"]))
-    sizes = [d["clips"] // workers + (i < d["clips"] % workers) for i in range(workers)]
-    starts = [d["seed"] + sum(sizes[:i]) for i in range(workers)]
-    shards = [out / f"shard_{i:02d}" for i in range(workers)]
-    with ThreadPoolExecutor(workers) as pool:      # the work is in ffmpeg subprocesses: threads suffice
-        list(pool.map(export_mini_world, shards, sizes, [d["frames"]] * workers, [spec] * workers, starts))
-    lines, captions = [], set()
-    for shard in shards:
-        for line in (shard / "manifest.jsonl").read_text().splitlines():
-            row = json.loads(line)
-            row["path"] = f"{shard.name}/{row['path']}"
-            captions.add(row["caption"])
-            lines.append(json.dumps(row))
-    save_spec(spec, out / "world_spec.json")
-    (out / "prompts.txt").write_text("\n".join(sorted(captions)) + "\n")
-    (out / "manifest.jsonl").write_text("\n".join(lines) + "\n")
-    return {"clips": len(lines), "prompts": len(captions)}
+def run_world(mini: Mini) -> dict:
+    """The world spec and the prompts (one per ball count): no clips, every stage renders its own."""
+    spec, out = world_spec(mini), mini.dir("world")
+    save_spec(spec, mini.artifact("world"))
+    prompts = [f"{n} ball" if n == 1 else f"{n} balls" for n in range(spec.min_balls, spec.max_balls + 1)]
+    (out / "prompts.txt").write_text("\n".join(prompts) + "\n")
+    return {"prompts": prompts}
 
 
 def run_training(mini: Mini, stage: str) -> dict:
-    """Train (resuming), then export the EMA generator."""
+    """Train (resuming), then export the EMA generator as bf16 shards of at most :data:`SHARD_BYTES`."""
     from vidforce.train.checkpoint import export_generator  # noqa: PLC0415
     from vidforce.train.trainer import train  # noqa: PLC0415
     cfg = stage_config(mini, stage)
     summary = train(cfg)
-    export_generator(cfg.train.run_dir, mini.artifact(stage), ema=True)
+    export_generator(cfg.train.run_dir, mini.artifact(stage) / "model.safetensors", ema=True, dtype=torch.bfloat16,
+                     max_shard_bytes=SHARD_BYTES)
     return {"steps": cfg.train.steps, "batch_size": cfg.train.batch_size, "metrics": summary["metrics"]}
 
 
@@ -166,17 +166,24 @@ def run_ode_pairs(mini: Mini) -> dict:
 
 
 def fingerprint(path: Path, **settings) -> str:
-    """What makes a model's evaluation videos: the sha256 of its file (the weights; for the data reference,
-    the world spec) and the ``settings`` that shape its videos, as one JSON line (the video cache key)."""
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return json.dumps({"file": path.name, "sha256": digest, **settings}, sort_keys=True)
+    """What makes a model's evaluation videos: the sha256 of its file or of every file of its directory (the
+    weights; for the data reference, the world spec) and the ``settings`` that shape its videos, as one JSON
+    line (the video cache key)."""
+    digest = hashlib.sha256()
+    for f in sorted(path.iterdir()) if path.is_dir() else [path]:
+        digest.update(f.name.encode() + f.read_bytes())
+    return json.dumps({"file": path.name, "sha256": digest.hexdigest(), **settings}, sort_keys=True)
 
 
-def eval_samplers(mini: Mini, cfg, device) -> tuple[dict, dict[str, str]]:
+def eval_samplers(mini: Mini, cfg, device) -> tuple[dict, dict[str, str], dict]:
     """Every export loaded in fp32 with its sampler and the horizon multiple it is evaluated to
-    (``{name: (sample_fn, multiple)}``), and each one's :func:`fingerprint` (``{name: str}``)."""
-    from vidforce.recipes import evaluate as ev  # noqa: PLC0415
+    (``{name: (sample_fn, multiple)}``), each one's :func:`fingerprint` and each causal model's injection
+    probe (``{name: prompts -> run(noise, edit)}``, ``evaluate.ProbeFn``). The data-trained baselines are not
+    distilled: each chunk is an Euler ODE of ``evaluate.euler_steps``; every other causal model runs its
+    few-step sampler."""
     from vidforce.models.build import build_generator, build_teacher  # noqa: PLC0415
+    from vidforce.recipes import evaluate as ev  # noqa: PLC0415
+    from vidforce.recipes.injection import rollout_run  # noqa: PLC0415
     from vidforce.sampling import Guidance, Sampler, euler_grid  # noqa: PLC0415
     e, text = mini.recipe["evaluate"], components.text_encoder(cfg, device)
     sigmas = euler_grid(e["euler_steps"], cfg.schedule.shift)
@@ -185,51 +192,90 @@ def eval_samplers(mini: Mini, cfg, device) -> tuple[dict, dict[str, str]]:
     guidance, negative = Guidance.from_config(cfg.objective.guidance), cfg.data.negative_prompt
     samplers = {"teacher": (ev.teacher_sampler(teacher, text, negative, teacher_sigmas, guidance), 1)}
     prints = {"teacher": fingerprint(mini.artifact("teacher"), euler=teacher_sigmas, guidance=guidance.scale,
-                                     negative=negative, multiple=1)}
+                                     convention=guidance.convention, negative=negative, multiple=1)}
+    probes, longest = {}, max(e["multiples"])
     for stage in (s for s in TRAINED if s != "teacher"):
         scfg = stage_config(mini, stage, (f"model.checkpoint={mini.artifact(stage)}",))
         model, steps = build_generator(scfg, device, torch.float32).eval(), Sampler.from_config(scfg.schedule)
-        if stage in ("teacher_forcing", "diffusion_forcing"):      # not distilled: many-step Euler per chunk
+        if stage in EULER_BASELINES:
             steps, settings = Sampler(sigmas, steps.context_sigma, "euler"), {"euler": sigmas}
         else:
             settings = {"sigmas": steps.sigmas}
-        samplers[stage] = (ev.causal_sampler(model, text, steps), max(e["multiples"]))
+        samplers[stage] = (ev.causal_sampler(model, text, steps), longest)
         prints[stage] = fingerprint(mini.artifact(stage), **settings, context_sigma=steps.context_sigma,
-                                    causal=asdict(scfg.causal), multiple=max(e["multiples"]))
-    return samplers, prints
+                                    causal=asdict(scfg.causal), multiple=longest)
+        probes[stage] = (lambda prompts, model=model, steps=steps:
+                         rollout_run(model, model.text_kv(text.encode(prompts).to(device)), steps, steps.last))
+    return samplers, prints, probes
 
 
 def eval_setup(mini: Mini, cfg, scenes: int):
-    """The evaluation's :class:`vidforce.recipes.evaluate.EvalSetup`: ``scenes`` held-out scenes from ``evaluate.seed``,
-    the horizon and chunking of ``cfg`` (a causal stage's config)."""
+    """The evaluation's :class:`vidforce.recipes.evaluate.EvalSetup`: ``scenes`` held-out scenes from
+    ``evaluate.seed`` x ``evaluate.noise_seeds``, the horizon and chunking of ``cfg`` (a causal stage's config)."""
     from vidforce.recipes import evaluate as ev  # noqa: PLC0415
     e = mini.recipe["evaluate"]
-    return ev.EvalSetup(load_spec(mini.dir("data") / "world_spec.json"), tuple(e["seed"] + i for i in range(scenes)),
-                        cfg.rollout.num_frames, cfg.causal.frames_per_chunk, cfg.data.fps, tuple(e["multiples"]),
-                        (cfg.model.in_dim, cfg.data.latent_height, cfg.data.latent_width),
+    return ev.EvalSetup(load_spec(mini.artifact("world")), tuple(e["seed"] + i for i in range(scenes)),
+                        tuple(e["noise_seeds"]), cfg.rollout.num_frames, cfg.causal.frames_per_chunk, cfg.data.fps,
+                        tuple(e["multiples"]), (cfg.model.in_dim, cfg.data.latent_height, cfg.data.latent_width),
                         e["strip_scenes"], e["strip_frames"])
 
 
 def run_evaluate(mini: Mini) -> dict:
-    """Roll out every export and write the report (:func:`vidforce.recipes.evaluate.evaluate`) into ``OUT/results``;
-    each model's videos are cached in ``OUT/results/videos`` under its :func:`fingerprint`."""
+    """Roll out every export and write the report and the pre-registered decisions
+    (:func:`vidforce.recipes.evaluate.evaluate`) into ``OUT/results``; each model's videos are cached in
+    ``OUT/results/videos`` under its :func:`fingerprint`."""
     from vidforce.recipes import evaluate as ev  # noqa: PLC0415
     from vidforce.train.dist import pick_device  # noqa: PLC0415
     e, device = mini.recipe["evaluate"], pick_device(mini.device)
     cfg = stage_config(mini, "self_forcing")
     setup = eval_setup(mini, cfg, e["scenes"])
-    pairs = tuple(tuple(p) for p in e["comparisons"])
-    if any(len(p) != 2 for p in pairs):
-        raise ValueError(f"evaluate.comparisons: each entry must be [first, second], got {e['comparisons']}")
-    samplers, prints = eval_samplers(mini, cfg, device)
-    prints["data"] = fingerprint(mini.dir("data") / "world_spec.json", fps=setup.fps, seed=e["seed"],
-                                 scenes=e["scenes"])
-    models = ev.evaluate(samplers, components.codec(cfg, device), setup, mini.dir("evaluate"), device, pairs,
-                         prints)
-    return {"models": sorted(models), "table": str(mini.dir("evaluate") / "table.md")}
+    samplers, prints, probes = eval_samplers(mini, cfg, device)
+    prints["data"] = fingerprint(mini.artifact("world"), fps=setup.fps, seed=e["seed"], scenes=e["scenes"],
+                                 noise_seeds=e["noise_seeds"])
+    probe = e["probe"]
+    ev.evaluate(samplers, components.codec(cfg, device), setup, mini.dir("evaluate"), device,
+                list(mini.recipe["registered"]), prints, probes if probe["enabled"] else None,
+                probe["chunk"], probe["chunks"])
+    return {"models": sorted(samplers), "table": str(mini.dir("evaluate") / "table.md"),
+            "decisions": str(mini.dir("evaluate") / "decisions.json"), "overview": str(write_overview(mini))}
 
 
-RUNNERS = {"data": run_data, "ode_pairs": run_ode_pairs, "evaluate": run_evaluate,
+SMOKE_LABEL = ("SMOKE RUN: toy models trained for a few steps on a CPU. Every number, verdict and video here is "
+               "noise from untrained models; it shows that the recipe runs, not what the methods do.")
+
+
+def write_overview(mini: Mini, upscale: int = 4) -> Path:
+    """What a person opens after a run: ``OUT/results/README.md`` (labelled smoke or full; links to the table,
+    the decisions, the curves and strips) and ``OUT/results/mp4/<model>.mp4`` (each model's first evaluation
+    video, ``upscale`` x nearest-neighbour so 32 px frames are visible), with the command that streams more."""
+    from vidforce.recipes import evaluate as ev  # noqa: PLC0415
+    from vidforce.video_io import Mp4Writer  # noqa: PLC0415
+    out, fps = mini.dir("evaluate"), mini.recipe["world"]["fps"]
+    (out / "mp4").mkdir(exist_ok=True)
+    rows = []
+    for cache in sorted((out / "videos").glob("*.npz")):
+        video = ev.load_videos(cache)[0]
+        with Mp4Writer(out / "mp4" / f"{cache.stem}.mp4", fps, stream=False) as writer:
+            writer.append(video.repeat(upscale, axis=1).repeat(upscale, axis=2))
+        rows.append(f"| {cache.stem} | [mp4/{cache.stem}.mp4](mp4/{cache.stem}.mp4) | "
+                    f"[strip](strip_{cache.stem}.png) | {video.shape[0] / fps:.1f} s |")
+    label = SMOKE_LABEL if mini.smoke else "Full recipe run (`vidforce mini`); the pre-registered outcomes are in " \
+        "`decisions.json` and `comparisons.md`."
+    stage = "self_forcing"
+    text = "\n".join([
+        "# Mini world v2: results of this run", "", f"**{label}**", "",
+        "- `table.md`: every model at every horizon (mean ± standard error over scenes), injection half-lives",
+        "- `comparisons.md` / `decisions.json`: the pre-registered comparisons and their verdicts",
+        "- `per_scene.json`: one value per scene, per model, horizon and metric; `curves.png`: drift vs time", "",
+        "| model | first evaluation video | strip | length |", "|---|---|---|---|", *rows, "",
+        "Stream a longer video from any trained stage (its run config and its exported weights):", "",
+        "```bash", f"vidforce generate --config {mini.dir(stage) / 'run' / 'config.yaml'} "
+        f"--checkpoint {mini.artifact(stage)} --prompt \"2 balls\" --seconds 30 --out {stage}.mp4", "```", ""])
+    (out / "README.md").write_text(text)
+    return out / "README.md"
+
+
+RUNNERS = {"world": run_world, "ode_pairs": run_ode_pairs, "evaluate": run_evaluate,
            **{s: (lambda mini, s=s: run_training(mini, s)) for s in TRAINED}}
 
 
@@ -272,4 +318,6 @@ def main_mini(smoke: bool, device: str, out: str, stages: str) -> int:
         print(f"[mini] {stage}: finished in {record['seconds']} s -> {record['artifact']}")
     if mini.done("evaluate"):
         print((mini.dir("evaluate") / "table.md").read_text())
+        print(f"[mini] open {mini.dir('evaluate') / 'README.md'} (videos in {mini.dir('evaluate') / 'mp4'})"
+              + (f"\n[mini] {SMOKE_LABEL}" if mini.smoke else ""))
     return 0
