@@ -88,7 +88,7 @@ def test_smoke_recipe_end_to_end(tmp_path, capsys):
         assert files and all(f.stat().st_size <= mini.SHARD_BYTES for f in files)
     results = tmp_path / "results"
     per_scene = json.loads((results / "per_scene.json").read_text())
-    assert set(per_scene) >= {"data", *TRAINED}
+    assert set(per_scene) == {"data", *TRAINED, "teacher_forcing_cfg", "diffusion_forcing_cfg"}   # + guided baselines
     assert set(per_scene["teacher"]) == {"1x"} and set(per_scene["self_forcing_pp"]) == {"1x", "2x"}
     assert len(per_scene["self_forcing"]["2x"]["D"]) == 2                     # one value per scene
     decisions = json.loads((results / "decisions.json").read_text())

@@ -100,13 +100,16 @@ def teacher_sampler(teacher, text, negative: str, sigmas: tuple[float, ...], gui
     return sample
 
 
-def causal_sampler(model, text, sampler: Sampler) -> SampleFn:
+def causal_sampler(model, text, sampler: Sampler, negative: str = "") -> SampleFn:
     """A causal model through the streaming chunk step (rolling cache, refresh): a distilled student with its
-    few-step sampler, a data-trained baseline with ``Sampler(euler grid, solver="euler")``. The few-step
-    re-noising draws from one generator seeded 0 per batch."""
+    few-step sampler, a data-trained baseline with ``Sampler(euler grid, solver="euler")`` (guided by
+    ``sampler.guidance`` against the ``negative`` prompt, one cache per branch). The few-step re-noising draws
+    from one generator seeded 0 per batch."""
     @torch.no_grad()
     def sample(prompts: list[str], noise: Tensor) -> Tensor:
         kv = model.text_kv(text.encode(prompts).to(noise.device))
+        if not sampler.guidance.unguided:
+            kv = (kv, model.text_kv(text.encode([negative] * len(prompts)).to(noise.device)))
         rng = torch.Generator(noise.device).manual_seed(0)
         return rollout(model, noise, kv, sampler, sampler.last, generator=rng)
     return sample

@@ -58,6 +58,7 @@ TRAINED = {  # stage -> (config field, stage whose artifact it loads)
 }
 STAGES = ("world", "teacher", "ode_pairs", *[s for s in TRAINED if s != "teacher"], "evaluate")
 EULER_BASELINES = ("teacher_forcing", "diffusion_forcing", "teacher_forcing_seed1")   # not distilled
+GUIDED_BASELINES = ("teacher_forcing", "diffusion_forcing")   # also evaluated guided at the students' step count
 NEEDS = {"world": (), "ode_pairs": ("teacher",), "evaluate": tuple(TRAINED),
          **{s: ("world",) + tuple(dict.fromkeys(src for _, src in deps)) for s, deps in TRAINED.items()}}
 ARTIFACTS = {"world": "world_spec.json", "ode_pairs": "pairs.safetensors", "evaluate": "results.json",
@@ -179,8 +180,9 @@ def eval_samplers(mini: Mini, cfg, device) -> tuple[dict, dict[str, str], dict]:
     """Every export loaded in fp32 with its sampler and the horizon multiple it is evaluated to
     (``{name: (sample_fn, multiple)}``), each one's :func:`fingerprint` and each causal model's injection
     probe (``{name: prompts -> run(noise, edit)}``, ``evaluate.ProbeFn``). The data-trained baselines are not
-    distilled: each chunk is an Euler ODE of ``evaluate.euler_steps``; every other causal model runs its
-    few-step sampler."""
+    distilled: each chunk is an Euler ODE of ``evaluate.euler_steps``, and (``<stage>_cfg``) a guided Euler ODE
+    with as many steps as the students' sampler (CFG doubles its network calls); every other causal model runs
+    its few-step sampler."""
     from vidforce.models.build import build_generator, build_teacher  # noqa: PLC0415
     from vidforce.recipes import evaluate as ev  # noqa: PLC0415
     from vidforce.recipes.injection import rollout_run  # noqa: PLC0415
@@ -206,6 +208,13 @@ def eval_samplers(mini: Mini, cfg, device) -> tuple[dict, dict[str, str], dict]:
                                     causal=asdict(scfg.causal), multiple=longest)
         probes[stage] = (lambda prompts, model=model, steps=steps:
                          rollout_run(model, model.text_kv(text.encode(prompts).to(device)), steps, steps.last))
+        if stage in GUIDED_BASELINES:             # also guided, with as many Euler steps as the students have
+            guided = Sampler(euler_grid(len(scfg.schedule.denoising_steps), cfg.schedule.shift),
+                             steps.context_sigma, "euler", guidance)
+            samplers[f"{stage}_cfg"] = (ev.causal_sampler(model, text, guided, negative), longest)
+            prints[f"{stage}_cfg"] = fingerprint(mini.artifact(stage), euler=guided.sigmas, guidance=guidance.scale,
+                                                 convention=guidance.convention, negative=negative,
+                                                 causal=asdict(scfg.causal), multiple=longest)
     return samplers, prints, probes
 
 
