@@ -1,6 +1,6 @@
 """Flow-matching schedule of Wan2.1 as pure functions.
 
-Conventions (DESIGN.md): ``x_t = (1 - s) x0 + s eps`` with ``s = sigma(t)``, ``t in [0, T]`` (T = 1000
+Conventions (docs/architecture.md): ``x_t = (1 - s) x0 + s eps`` with ``s = sigma(t)``, ``t in [0, T]`` (T = 1000
 training timesteps); the network predicts the flow ``v = eps - x0`` so ``x0 = x_t - s v``.
 Latents are ``[B, T, C, H, W]``; per-frame sigmas ``[B, T]`` broadcast over ``C, H, W``.
 """

@@ -1,6 +1,6 @@
 """Chunk-by-chunk few-step generation with the KV cache: the one chunk step of training and streaming.
 
-Self Forcing (DESIGN.md): each chunk runs the few-step sampler on the student's own cache. An *exit step*
+Self Forcing (docs/architecture.md): each chunk runs the few-step sampler on the student's own cache. An *exit step*
 ``k`` (drawn once per iteration, the same for every chunk and rank) ends the chunk: steps before ``k`` run
 under ``no_grad``, step ``k`` keeps grad and its x0 prediction is the chunk's output. The detached output
 is then re-run at ``context_noise`` under ``no_grad`` to write the chunk's K/V into the cache, so no

@@ -1,6 +1,6 @@
 """The denoiser and sampling contract: every network call from ``(x_t, sigma)`` and every sampler, once.
 
-Conventions (DESIGN.md, Wan flow matching): ``x_t = (1 - s) x0 + s eps``; networks take timesteps
+Conventions (docs/architecture.md, Wan flow matching): ``x_t = (1 - s) x0 + s eps``; networks take timesteps
 ``t = T s`` (``diffusion.t_from_sigma``) and predict the flow ``v = eps - x0``.
 
 - :class:`Denoiser` turns a network call into flow / x0 / eps predictions at per-frame sigmas, with

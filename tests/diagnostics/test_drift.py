@@ -1,5 +1,6 @@
 """Drift metrics on synthetic videos with known answers (64x64, 10 fps, 2 s windows)."""
 import json
+import os
 
 import cv2
 import imageio.v2 as imageio
@@ -7,14 +8,17 @@ import numpy as np
 import pytest
 
 from vidforce.diagnostics.drift import (MOTION_THRESHOLD, DriftMeter, analyze_frames,
-                                        analyze_video, consistency, flicker, flow_grey,
-                                        frame_metrics, linear_slope, motion_magnitude)
+                                        analyze_video, compensated_residual, consistency,
+                                        flicker, flow_grey, frame_metrics, linear_slope,
+                                        motion_magnitude)
+from vidforce.diagnostics.reader import open_video
+from vidforce.video_io import Mp4Writer
 
 FPS = 10
 SIZE = 64
 WINDOW_KEYS = {"t_start", "t_end", "luminance", "clipped_fraction", "over_exposed",
                "under_exposed", "saturation", "color_shift", "contrast", "sharpness", "flicker",
-               "motion", "moving", "hold_similarity", "repetition"}
+               "motion", "frozen_fraction", "moving", "hold_similarity", "repetition"}
 
 
 def sprite_frames(n: int, speed: int = 2) -> list[np.ndarray]:
@@ -39,6 +43,18 @@ def pan_frames(n: int, step: int = 3) -> list[np.ndarray]:
     """A camera panning ``step`` px/frame over a non-repeating texture."""
     strip = texture(SIZE + step * n)
     return [strip[:, step * i:step * i + SIZE].copy() for i in range(n)]
+
+
+def noisy_scene(n: int, step: int, noise: float, seed: int = 1) -> list[np.ndarray]:
+    """An iid random RGB texture shifted ``step`` px/frame, plus fresh per-frame Gaussian noise
+    of std ``noise`` (8-bit levels)."""
+    rng = np.random.default_rng(seed)
+    strip = rng.integers(0, 256, (SIZE, SIZE + step * n, 3)).astype(np.float32)
+    frames = []
+    for i in range(n):
+        frame = strip[:, step * i:step * i + SIZE] + rng.normal(0.0, noise, (SIZE, SIZE, 3))
+        frames.append(np.clip(frame, 0, 255).round().astype(np.uint8))
+    return frames
 
 
 def write_mp4(path, frames, fps=FPS) -> None:
@@ -72,6 +88,16 @@ def test_pure_helpers_known_values():
     assert consistency([np.full(5, 0.2), np.full(5, 0.7)])[0] == [1.0, 1.0]      # two flat pictures
 
 
+def test_compensated_residual_of_an_exact_shift_is_zero():
+    prev = np.random.default_rng(2).integers(0, 256, (8, 8, 3), np.uint8)
+    cur = np.roll(prev, 1, axis=1)                          # cur[:, x] = prev[:, x - 1]
+    shift = np.zeros((8, 8, 2), np.float32)
+    shift[..., 0] = -1.0                                    # cur[p] = prev[p + (-1, 0)]
+    assert compensated_residual(prev, cur, shift) == 0.0    # column 0 (entering content) left out
+    still = np.abs(cur.astype(float) - prev).mean() / 255
+    assert compensated_residual(prev, cur, np.zeros_like(shift)) == pytest.approx(still)
+
+
 def test_motion_magnitude_of_a_shift_is_on_the_256_grid():
     strip = texture(SIZE + 4)
     a, b = flow_grey(strip[:, :SIZE].copy()), flow_grey(strip[:, 1:SIZE + 1].copy())
@@ -97,6 +123,15 @@ def test_frozen_segment_is_not_moving_and_sprite_is():
     assert first["moving"] is True and first["motion"] > MOTION_THRESHOLD
     assert frozen["moving"] is False and frozen["motion"] < 1e-3
     assert frozen["flicker"] == 0.0
+    assert first["frozen_fraction"] == 0.0 and frozen["frozen_fraction"] == 1.0
+    assert result["summary"]["frozen_fraction"]["last"] == 1.0   # the summary flags the freeze
+
+
+def test_stuttering_video_is_half_frozen_but_moving():
+    doubled = [frame for frame in sprite_frames(20) for _ in range(2)]
+    [window, _] = analyze_frames(doubled, FPS)["windows"]
+    assert window["moving"] is True
+    assert window["frozen_fraction"] == pytest.approx(10 / 19)    # 10 of its 19 pairs repeat
 
 
 def test_frozen_video_scores_perfectly_consistent():
@@ -111,8 +146,33 @@ def test_iid_noise_flickers_far_more_than_a_moving_sprite():
     noise = analyze_frames([rng.integers(0, 256, (SIZE, SIZE, 3), np.uint8) for _ in range(40)],
                            FPS)
     smooth = analyze_frames(sprite_frames(40), FPS)
-    assert noise["summary"]["flicker"]["first"] > 0.3
+    assert noise["summary"]["flicker"]["first"] > 0.15
     assert noise["summary"]["flicker"]["first"] > 10 * smooth["summary"]["flicker"]["first"]
+
+
+def test_flicker_separates_smooth_motion_from_per_frame_noise():
+    def flicker_of(frames):
+        return analyze_frames(frames, FPS, window_frames=len(frames))["windows"][0]["flicker"]
+
+    static, panning = flicker_of(noisy_scene(20, 0, 2.0)), flicker_of(noisy_scene(20, 1, 2.0))
+    noisy_static = flicker_of(noisy_scene(20, 0, 20.0))
+    noisy_pan = flicker_of(noisy_scene(20, 1, 20.0))
+    assert panning < 2 * static                     # 1 px/frame pan: flicker of the sensor noise
+    assert noisy_pan > 5 * panning and noisy_static > 5 * static
+    assert noisy_pan == pytest.approx(noisy_static, rel=0.25)    # noise reads alike moving or not
+    clean_pan = noisy_scene(20, 1, 0.0)
+    plain_difference = np.mean([np.abs(b.astype(float) - a).mean() / 255
+                                for a, b in zip(clean_pan, clean_pan[1:])])
+    assert flicker_of(clean_pan) < 0.005 < 0.3 < plain_difference
+
+
+def test_sharpness_falls_with_motion_blur_and_rises_with_noise():
+    frame = pan_frames(1)[0]
+    blurred = cv2.filter2D(frame, -1, np.full((1, 7), 1 / 7))          # 7 px horizontal smear
+    noisy = np.clip(frame + np.random.default_rng(0).normal(0, 10, frame.shape), 0, 255)
+    sharp = frame_metrics(frame)["sharpness"]
+    assert frame_metrics(blurred)["sharpness"] < 0.5 * sharp
+    assert frame_metrics(noisy.astype(np.uint8))["sharpness"] > 2 * sharp
 
 
 def test_hue_rotation_grows_color_shift():
@@ -206,6 +266,18 @@ def test_missing_empty_and_corrupt_files_name_the_file(tmp_path):
     corrupt.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, np.uint8).tobytes())
     with pytest.raises(ValueError, match="x.mp4"):
         analyze_video(corrupt)
+
+
+def test_truncated_fragmented_mp4_yields_its_decodable_frames(tmp_path):
+    full, cut = tmp_path / "full.mp4", tmp_path / "cut.mp4"
+    with Mp4Writer(full, FPS, stream=True) as writer:       # fragmented, a keyframe every second
+        writer.append(np.stack(sprite_frames(60)))
+    cut.write_bytes(full.read_bytes()[:os.path.getsize(full) // 2])
+    with open_video(full) as (_, frames):
+        decoded = list(frames)
+    result = analyze_video(cut)
+    assert FPS <= result["num_frames"] < 60 and result["fps"] == pytest.approx(FPS)
+    assert result == analyze_frames(decoded[:result["num_frames"]], FPS, video=str(cut))
 
 
 def test_file_api_agrees_with_frame_api(tmp_path):

@@ -2,8 +2,14 @@
 
 Frames are ``uint8`` numpy ``[H, W, 3]`` RGB. A video is cut into windows of ``window_frames``
 frames (default ``round(2 s * fps)``; pass ``window_frames`` for per-chunk windows). Per window
-every metric is the mean over its frames (or over its consecutive-frame pairs for flicker and
-motion); ``docs/drift.md`` defines each metric, its unit and the JSON schema of ``result()``.
+every metric is the mean over its frames (or over its consecutive-frame pairs for flicker, motion
+and frozen_fraction); ``docs/drift.md`` defines each metric, its unit and the JSON schema of
+``result()``.
+
+Motion and flicker share one optical flow per pair (Farneback, frame t to frame t-1, on frames
+shrunk to a 256-px longest side): motion is its magnitude, flicker the residual after warping
+frame t-1 onto frame t with it, so a smoothly moving scene has low flicker and per-frame noise
+high flicker whether or not the scene moves.
 
 Windowing rules:
 - the pair (last frame of window k-1, first frame of window k) belongs to window k, so a jump at a
@@ -19,21 +25,22 @@ from collections.abc import Iterable
 import cv2
 import numpy as np
 
+from vidforce.diagnostics.reader import open_video
+
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # Rec.601 luma Y'
 UNDER_LUMA_8BIT = 2.5  # luma, rounded to 8 bits, <= 2 counts as under-exposed
 OVER_LUMA_8BIT = 252.5  # luma, rounded to 8 bits, >= 253 counts as over-exposed
-FLOW_SIDE = 256  # flow runs on grey frames downscaled to this longest side; motion unit grid
-MOTION_THRESHOLD = 0.1  # px/frame on the FLOW_SIDE grid; a window is `moving` at or above it
+FLOW_SIDE = 256  # flow and flicker run on frames shrunk to this longest side; motion unit grid
+MOTION_THRESHOLD = 0.1  # px/frame on the FLOW_SIDE grid: window >= it `moving`, pair < it frozen
 THUMB_SIDE = 16  # hold/repetition descriptor: mean THUMB_SIDE x THUMB_SIDE RGB thumbnail
 FLAT_NORM = 1e-6  # a centred descriptor with a smaller norm is a flat grey picture
-READ_BATCH = 32  # frames decoded per decord get_batch call
 
 FRAME_METRICS = ("luminance", "over_exposed", "under_exposed", "saturation", "contrast",
                  "sharpness")
-PAIR_METRICS = ("flicker", "motion")
+PAIR_METRICS = ("flicker", "motion", "frozen_fraction")
 SUMMARY_METRICS = ("luminance", "clipped_fraction", "over_exposed", "under_exposed",
                    "saturation", "color_shift", "contrast", "sharpness", "flicker", "motion",
-                   "hold_similarity", "repetition")
+                   "frozen_fraction", "hold_similarity", "repetition")
 
 
 def window_length(fps: float, window_seconds: float = 2.0,
@@ -80,23 +87,77 @@ def thumbnail(frame: np.ndarray) -> np.ndarray:
     return small.astype(np.float64) / 255.0
 
 
-def flow_grey(frame: np.ndarray) -> np.ndarray:
-    """uint8 grey frame, downscaled so its longest side is at most ``FLOW_SIDE`` px.
+def shrink(frame: np.ndarray) -> np.ndarray:
+    """uint8 RGB frame area-downscaled so its longest side is at most ``FLOW_SIDE`` px.
 
     Smaller frames are not upscaled: Farneback loses smooth texture in upscaled 8-bit frames.
     """
-    grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
-    height, width = grey.shape
+    height, width = frame.shape[:2]
     scale = FLOW_SIDE / max(height, width)
     if scale >= 1:
-        return grey
+        return frame
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
+    return cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+
+
+def flow_grey(frame: np.ndarray) -> np.ndarray:
+    """uint8 grey ``[h, w]`` of the ``shrink``-ed frame: what the optical flow runs on."""
+    return cv2.cvtColor(shrink(frame), cv2.COLOR_RGB2GRAY)
+
+
+def backward_flow(prev_grey: np.ndarray, cur_grey: np.ndarray) -> np.ndarray:
+    """Farneback flow ``[h, w, 2]`` (x, y) from frame t to t-1: ``cur[p] ~ prev[p + flow[p]]``.
+
+    Inputs are ``flow_grey`` frames; the flow is in their pixels.
+    """
+    return cv2.calcOpticalFlowFarneback(cur_grey, prev_grey, None, pyr_scale=0.5, levels=3,
+                                        winsize=15, iterations=3, poly_n=5, poly_sigma=1.2,
+                                        flags=0)
+
+
+def flow_motion(flow: np.ndarray) -> float:
+    """Mean magnitude of a ``[h, w, 2]`` flow in px/frame on the ``FLOW_SIDE`` grid."""
+    return float(np.linalg.norm(flow, axis=-1).mean() * FLOW_SIDE / max(flow.shape[:2]))
+
+
+def compensated_residual(prev: np.ndarray, cur: np.ndarray, flow: np.ndarray) -> float:
+    """Mean motion-compensated residual of two uint8 ``[h, w, 3]`` frames, in [0, 1].
+
+    Frame t-1 is warped onto frame t with the ``backward_flow`` (bilinear); per pixel the residual
+    is ``min(|cur - warp(prev)|, |cur - prev|)`` averaged over RGB, i.e. the error of the better
+    of two predictions (the scene moved with the flow / the pixel stood still; the second keeps a
+    still background next to a moving object, where the smooth flow bleeds, at 0). Pixels whose
+    source lies outside frame t-1 (content entering the view) are left out of the mean.
+    """
+    height, width = flow.shape[:2]
+    xs, ys = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+    map_x, map_y = xs + flow[..., 0], ys + flow[..., 1]
+    prev32, cur32 = prev.astype(np.float32), cur.astype(np.float32)
+    warped = cv2.remap(prev32, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    residual = np.minimum(np.abs(cur32 - warped), np.abs(cur32 - prev32)).mean(axis=-1)
+    inside = (map_x >= 0) & (map_x <= width - 1) & (map_y >= 0) & (map_y <= height - 1)
+    return float((residual[inside] if inside.any() else residual).mean() / 255.0)
+
+
+def pair_metrics(prev: np.ndarray, prev_grey: np.ndarray, cur: np.ndarray,
+                 cur_grey: np.ndarray) -> tuple[float, float]:
+    """(flicker, motion) of two ``shrink``-ed uint8 RGB frames and their grey versions.
+
+    One ``backward_flow`` serves both: motion is its magnitude, flicker what it leaves unexplained.
+    """
+    flow = backward_flow(prev_grey, cur_grey)
+    return compensated_residual(prev, cur, flow), flow_motion(flow)
 
 
 def flicker(prev: np.ndarray, cur: np.ndarray) -> float:
-    """Mean absolute difference of two uint8 ``[H, W, 3]`` frames, in [0, 1]."""
-    return float(np.abs(cur.astype(np.int16) - prev.astype(np.int16)).mean() / 255.0)
+    """Motion-compensated residual (``compensated_residual``) of two uint8 ``[H, W, 3]`` frames.
+
+    Measured on the ``shrink``-ed frames (the flow grid), in [0, 1]: ~0 for a still or smoothly
+    moving scene, the per-frame change that no motion explains otherwise (noise, popping, cuts).
+    """
+    prev, cur = shrink(prev), shrink(cur)
+    grey = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in (prev, cur)]
+    return pair_metrics(prev, grey[0], cur, grey[1])[0]
 
 
 def motion_magnitude(prev_grey: np.ndarray, cur_grey: np.ndarray) -> float:
@@ -105,10 +166,7 @@ def motion_magnitude(prev_grey: np.ndarray, cur_grey: np.ndarray) -> float:
     Unit: px/frame on a grid whose longest side is ``FLOW_SIDE`` (flow measured on smaller frames
     is scaled up to it), so the value does not depend on the video's resolution.
     """
-    flow = cv2.calcOpticalFlowFarneback(prev_grey, cur_grey, None, pyr_scale=0.5, levels=3,
-                                        winsize=15, iterations=3, poly_n=5, poly_sigma=1.2,
-                                        flags=0)
-    return float(np.linalg.norm(flow, axis=-1).mean() * FLOW_SIDE / max(prev_grey.shape))
+    return flow_motion(backward_flow(prev_grey, cur_grey))
 
 
 def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
@@ -202,6 +260,7 @@ class WindowSums:
         """Accumulate one consecutive-frame pair ending in this window."""
         self.sums["flicker"] += flicker_value
         self.sums["motion"] += motion_value
+        self.sums["frozen_fraction"] += float(motion_value < MOTION_THRESHOLD)
         self.pairs += 1
 
     def merged(self, tail: "WindowSums") -> "WindowSums":
@@ -225,8 +284,8 @@ class WindowSums:
 class DriftMeter:
     """Streaming drift accumulator: ``update(frame)`` per frame, ``result()`` for the JSON dict.
 
-    Memory holds the previous frame and a few floats plus one ``[16, 16, 3]`` descriptor per
-    window, never the video. ``result()`` may be called at any time and does not end the stream.
+    Memory holds the previous (shrunk) frame and a few floats plus one ``[16, 16, 3]`` descriptor
+    per window, never the video. ``result()`` may be called at any time and does not end the stream.
     """
 
     def __init__(self, fps: float, window_seconds: float = 2.0, window_frames: int | None = None,
@@ -237,7 +296,8 @@ class DriftMeter:
         self.num_frames = 0
         self._done: list[WindowSums] = []
         self._current = WindowSums(0)
-        self._prev: tuple[np.ndarray, np.ndarray] | None = None
+        self._shape: tuple[int, ...] | None = None
+        self._prev: tuple[np.ndarray, np.ndarray] | None = None  # shrunk RGB and grey frame
 
     def update(self, frame: np.ndarray) -> None:
         """Consume one uint8 ``[H, W, 3]`` RGB frame (all frames must share one shape)."""
@@ -245,15 +305,15 @@ class DriftMeter:
         if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
             raise ValueError(f"frame {self.num_frames}: expected uint8 [H, W, 3] RGB, "
                              f"got {frame.dtype} {frame.shape}")
-        if self._prev is not None and frame.shape != self._prev[0].shape:
+        if self._shape is not None and frame.shape != self._shape:
             raise ValueError(f"frame {self.num_frames}: shape {frame.shape} differs from "
-                             f"the first frame's {self._prev[0].shape}")
-        grey = flow_grey(frame)
+                             f"the first frame's {self._shape}")
+        small = shrink(frame).copy()
+        grey = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
         if self._prev is not None:
-            prev_frame, prev_grey = self._prev
-            self._current.add_pair(flicker(prev_frame, frame), motion_magnitude(prev_grey, grey))
+            self._current.add_pair(*pair_metrics(*self._prev, small, grey))
         self._current.add_frame(frame)
-        self._prev = (frame.copy(), grey)
+        self._shape, self._prev = frame.shape, (small, grey)
         self.num_frames += 1
         if self._current.frames == self.window_frames:
             self._done.append(self._current)
@@ -298,32 +358,16 @@ def analyze_frames(frames: Iterable[np.ndarray], fps: float, window_seconds: flo
 
 def analyze_video(path: str | os.PathLike, window_seconds: float = 2.0,
                   window_frames: int | None = None) -> dict:
-    """Drift report of a video file, decoded with decord in batches of ``READ_BATCH`` frames.
+    """Drift report of a video file, streamed frame by frame through ``open_video``.
 
-    Raises FileNotFoundError for a missing file and ValueError naming the file for an empty,
-    unreadable or corrupt one.
+    A truncated file is measured on the frames ffmpeg decodes before the damage (``num_frames``
+    says how many). Raises FileNotFoundError for a missing file and ValueError naming the file for
+    an empty, unreadable or corrupt one (no frame decodes).
     """
-    from decord import DECORDError, VideoReader, cpu
-
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"video file not found: {path}")
-    try:
-        reader = VideoReader(path, ctx=cpu(0))
-        num_frames, fps = len(reader), float(reader.get_avg_fps())
-    except (DECORDError, RuntimeError) as err:
-        raise ValueError(f"cannot read video {path}: empty, corrupt or unsupported "
-                         f"({err})") from err
-    if num_frames == 0:
-        raise ValueError(f"video {path} has no frames")
-    meter = DriftMeter(fps, window_seconds, window_frames, video=path)
-    for start in range(0, num_frames, READ_BATCH):
-        indices = list(range(start, min(start + READ_BATCH, num_frames)))
-        try:
-            batch = reader.get_batch(indices).asnumpy()
-        except (DECORDError, RuntimeError) as err:
-            raise ValueError(f"corrupt video {path}: cannot decode frames {indices[0]}-"
-                             f"{indices[-1]} ({err})") from err
-        for frame in batch:
+    with open_video(path) as (fps, frames):
+        meter = DriftMeter(fps, window_seconds, window_frames, video=os.fspath(path))
+        for frame in frames:
             meter.update(frame)
+    if meter.num_frames == 0:
+        raise ValueError(f"video {os.fspath(path)} has no decodable frames")
     return meter.result()

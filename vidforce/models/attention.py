@@ -5,6 +5,9 @@ All tensors are ``[B, H, L, D]``. Backends:
 - ``cudnn`` / ``flash`` / ``efficient``: torch SDPA restricted to that kernel.
 - ``sdpa``: torch SDPA, torch picks the kernel.
 - ``flash_attn``: the optional ``flash_attn`` package (FA2/FA3) when importable; never required.
+- ``jvp``: for forward-mode AD (``torch.func.jvp``, ``torch.autograd.forward_ad``) at video scale: SDPA forward,
+  tangent from the fused Triton kernel of ``jvp_attention.py`` (O(L) memory; dense torch formulas where
+  Triton does not run), reverse mode recomputed with SDPA. Takes no dense mask. Any device.
 - ``auto``: fastest measured on the device (see docs/benchmarks.md, tools/bench_attention.py): on CUDA
   torch's own SDPA dispatch (on H100 with torch 2.11 it runs the cuDNN kernel: same times as ``cudnn``,
   1.7x faster than flash in the cache case), on CPU math. It sets no global backend flags, so it is
@@ -22,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-BACKENDS = ("auto", "math", "sdpa", "cudnn", "flash", "efficient", "flash_attn", "flex")
+BACKENDS = ("auto", "math", "sdpa", "cudnn", "flash", "efficient", "flash_attn", "flex", "jvp")
 _SDPA = {"math": SDPBackend.MATH, "cudnn": SDPBackend.CUDNN_ATTENTION,
          "flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION}
 
@@ -49,7 +52,7 @@ def resolve(name: str, device: torch.device) -> str:
     """
     check_backend(name)
     if name not in ("auto", "flex"):
-        if device.type != "cuda" and name not in ("math", "sdpa"):
+        if device.type != "cuda" and name not in ("math", "sdpa", "jvp"):
             raise ValueError(f"causal.attention={name!r} needs a CUDA device; use 'auto' or 'math' on {device.type}")
         if name == "flash_attn" and flash_attn_func() is None:
             raise ValueError("causal.attention='flash_attn' but the flash_attn package is not importable")
@@ -77,6 +80,11 @@ def attend(q: Tensor, k: Tensor, v: Tensor, backend: str = "auto", mask: Tensor 
             raise ValueError("the flash_attn backend takes no dense mask")
         out = flash_attn_func()(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return out.transpose(1, 2)
+    if name == "jvp":
+        if mask is not None:
+            raise ValueError("the jvp backend takes no dense mask (jvp_attention.jvp_attention takes a chunk mask)")
+        from vidforce.models.jvp_attention import jvp_attention  # noqa: PLC0415 (imports Triton when installed)
+        return jvp_attention(q, k, v)
     ctx = sdpa_kernel([_SDPA[name]]) if name in _SDPA else nullcontext()
     with ctx:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)

@@ -1,4 +1,4 @@
-"""Training: DeepSpeed engines, the loop, checkpoints, EMA, logging, drift hook (see DESIGN.md "Distributed").
+"""Training: DeepSpeed engines, the loop, checkpoints, EMA, logging, drift hook (docs/architecture.md).
 
 Import the submodules directly (``vidforce.train.trainer.train``); this package imports nothing heavy.
 """
