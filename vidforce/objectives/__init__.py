@@ -1,5 +1,6 @@
 """Training objectives (plugins). ``build(cfg)`` returns the one named by ``objective.name``."""
 from vidforce.objectives.base import Batch, Nets, Objective, StepContext
+from vidforce.objectives.consistency import CD, CT, LCM
 from vidforce.objectives.dmd import DMD
 from vidforce.objectives.extended_dmd import ExtendedDMD
 from vidforce.objectives.forcing import DiffusionForcing, FlowMatching, TeacherForcing
@@ -8,7 +9,7 @@ from vidforce.objectives.ode_init import ODEInit
 from vidforce.objectives.sid import SiD
 
 REGISTRY: dict[str, type[Objective]] = {o.name: o for o in (DMD, ExtendedDMD, SiD, GAN, DMDGAN, ODEInit, FlowMatching,
-                                                            DiffusionForcing, TeacherForcing)}
+                                                            DiffusionForcing, TeacherForcing, CD, CT, LCM)}
 
 
 def build(cfg) -> Objective:

@@ -1,0 +1,1 @@
+"""Ground-truth harness of the objective zoo: Gaussian-mixture data with a closed-form velocity (CPU, seconds)."""
