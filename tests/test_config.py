@@ -122,3 +122,24 @@ def test_to_yaml_round_trips(tmp_path):
     assert back == cfg
     assert dataclasses.asdict(back)["drift"]["prompts"] == ["a", "b"]
     assert to_yaml(back) == to_yaml(cfg)
+
+
+@pytest.mark.parametrize("text,where,problem", [
+    ("train:\n  steps: 3\n   x: 1\n", ":3:5: invalid YAML", "mapping values are not allowed"),
+    ("train: {steps: [1, 2}\n", ":1:", "invalid YAML"),
+    ("- 1\n- 2\n", "", "a config is a mapping of sections"),
+])
+def test_malformed_yaml_names_the_file_and_line(tmp_path, text, where, problem):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError) as err:
+        load(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}{where}") and problem in message and "\n" not in message
+
+
+def test_malformed_inherited_yaml_names_the_parent(tmp_path):
+    (tmp_path / "base.yaml").write_text("train:\n\tsteps: 3\n")
+    (tmp_path / "child.yaml").write_text("inherit: base.yaml\n")
+    with pytest.raises(ValueError, match=r"base\.yaml:2:1: invalid YAML"):
+        load(tmp_path / "child.yaml")

@@ -101,7 +101,8 @@ def _write_cfg(tmp_path):
 def test_sigterm_leaves_a_playable_mp4(tmp_path):
     out = tmp_path / "long.mp4"
     cmd = [sys.executable, "-m", "vidforce.cli", "generate", "--config", str(_write_cfg(tmp_path)),
-           "--prompt", "a red circle", "--seconds", "3000", "--out", str(out), "causal.rope_mode=relative"]
+           "--prompt", "a red circle", "--seconds", "3000", "--out", str(out), "--random-weights",
+           "causal.rope_mode=relative"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and (not out.exists() or out.stat().st_size < 2000):
@@ -112,23 +113,6 @@ def test_sigterm_leaves_a_playable_mp4(tmp_path):
     assert "stopped early" in stdout
     frames = iio.imread(out)
     assert frames.shape[0] > 0 and frames.shape[1:] == (16, 16, 3)
-
-
-@pytest.mark.parametrize("argv,message", [
-    (["--seconds", "0"], "--seconds must be > 0"),
-    (["--checkpoint", "/nonexistent.safetensors"], "--checkpoint not found"),
-    (["--out", "/nonexistent-dir/a.mp4"], "output directory does not exist"),
-    (["causal.windw=3"], "causal.windw"),
-])
-def test_generate_rejects_bad_input_before_heavy_work(tmp_path, argv, message, capsys):
-    from vidforce.cli import main
-    base = ["generate", "--config", str(_write_cfg(tmp_path)), "--prompt", "x", "--out", str(tmp_path / "o.mp4")]
-    for flag in ("--seconds", "--checkpoint", "--out"):
-        if flag in argv and flag in base:
-            i = base.index(flag)
-            del base[i:i + 2]
-    assert main(base + argv) == 2
-    assert message in capsys.readouterr().err
 
 
 def test_streamer_equals_rollout_on_the_same_noise():

@@ -62,3 +62,32 @@ def test_stream_mp4_is_fragmented_and_plays(tmp_path):
 def test_odd_size_raises(tmp_path):
     with Mp4Writer(tmp_path / "o.mp4", 8) as w, pytest.raises(ValueError, match="even height and width"):
         w.append(np.zeros((1, 5, 4, 3), np.uint8))
+
+
+def test_an_ffmpeg_that_cannot_write_is_an_error(tmp_path):
+    """Once an output ffmpeg cannot open (a directory), once ffmpeg dying mid-stream (a broken pipe): OSError."""
+    (tmp_path / "d.mp4").mkdir()
+    with pytest.raises(OSError, match=r"ffmpeg failed to write .*d\.mp4 \(exit status [1-9]\d*\): .*directory"):
+        with Mp4Writer(tmp_path / "d.mp4", 8) as w:
+            w.append(blocks(n=2))
+    w = Mp4Writer(tmp_path / "k.mp4", 8)
+    w.append(blocks(n=2))
+    w._proc.kill()
+    w._proc.wait()
+    with pytest.raises(OSError, match=r"ffmpeg failed to write .*k\.mp4 \(exit status -9\)"):
+        for _ in range(100):                                     # the pipe buffer fills, then the write fails
+            w.append(blocks(n=16))
+
+
+def test_frame_rate_and_frames_are_checked(tmp_path):
+    for fps in (0, -5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="frame rate must be > 0 and finite"):
+            Mp4Writer(tmp_path / "a.mp4", fps)
+    with Mp4Writer(tmp_path / "a.mp4", 8) as w, pytest.raises(ValueError, match="must be uint8"):
+        w.append(np.zeros((1, 4, 4, 3), np.float32))
+
+
+def test_a_missing_parent_directory_is_created(tmp_path):
+    with Mp4Writer(tmp_path / "new" / "dir" / "a.mp4", 8) as w:
+        w.append(blocks(n=4))
+    assert iio.imread(tmp_path / "new" / "dir" / "a.mp4").shape == (4, 32, 32, 3)

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+import yaml
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
@@ -32,27 +33,27 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
 @dataclass
 class ModelConfig:
     """A Wan2.1 DiT. ``preset`` fills the architecture fields; explicit keys override it."""
-    preset: str = "tiny"
-    dim: int = 32
-    ffn_dim: int = 64
-    num_heads: int = 2
-    num_layers: int = 2
-    text_dim: int = 16
-    freq_dim: int = 16
-    in_dim: int = 12
-    out_dim: int = 12
-    patch_size: list[int] = field(default_factory=lambda: [1, 2, 2])
-    text_len: int = 8
-    cross_attn_norm: bool = True
-    eps: float = 1e-6
-    rope_max_len: int = 1024
+    preset: str = "tiny"            # preset filling the architecture fields (MODEL_PRESETS) | custom
+    dim: int = 32                   # hidden width of the DiT
+    ffn_dim: int = 64               # feed-forward width of each block
+    num_heads: int = 2              # attention heads (head dim = dim / num_heads, even)
+    num_layers: int = 2             # transformer blocks
+    text_dim: int = 16              # width of the text embeddings (umT5: 4096)
+    freq_dim: int = 16              # sinusoidal timestep embedding width
+    in_dim: int = 12                # latent channels in
+    out_dim: int = 12               # latent channels out
+    patch_size: list[int] = field(default_factory=lambda: [1, 2, 2]) # (frames, height, width) patch of a token
+    text_len: int = 8               # text tokens attended (shorter contexts are zero-padded to it)
+    cross_attn_norm: bool = True    # layer norm before cross-attention (Wan2.1: true)
+    eps: float = 1e-6               # norm epsilon
+    rope_max_len: int = 1024        # frames of the RoPE table (absolute RoPE's longest video)
     checkpoint: str = ""            # weights to load (Wan original / diffusers / Self-Forcing .pt / ours)
     checkpoint_key: str = "auto"    # for training checkpoints: generator | generator_ema | critic | auto
 
 
 @dataclass
 class CausalConfig:
-    frames_per_chunk: int = 3
+    frames_per_chunk: int = 3       # latent frames generated per chunk (Wan: 3 x 1560 tokens)
     window: int = 0                 # latent frames attended in all (sink included); 0 = the whole video
     sink: int = 0                   # first frames never evicted
     rope_mode: str = "absolute"     # absolute | relative
@@ -62,8 +63,8 @@ class CausalConfig:
 
 @dataclass
 class ScheduleConfig:
-    shift: float = 5.0
-    denoising_steps: list[float] = field(default_factory=lambda: [1000.0, 750.0, 500.0, 250.0])
+    shift: float = 5.0              # timestep shift s' = shift s / (1 + (shift - 1) s) of training draws and sampling
+    denoising_steps: list[float] = field(default_factory=lambda: [1000.0, 750.0, 500.0, 250.0])  # few-step times
     warp: bool = True               # warp the step list through the shifted table
     min_step: float = 0.02          # training t range (fraction of T) of every objective that noises:
     max_step: float = 0.98          # DMD's [0.02, 0.98]; a model trained from data needs [0, 1]
@@ -101,7 +102,7 @@ class SiDConfig:
 class GANConfig:
     """Discriminator head on critic features: ``gan`` (GAN only) and ``dmd_gan`` (DMD + weighted GAN)."""
     weight: float = 0.01            # weight of the GAN terms (generator and discriminator)
-    relativistic: bool = False
+    relativistic: bool = False      # relativistic pairing softplus(-(D(real) - D(fake)))
     r1_weight: float = 0.0          # finite-difference R1 on real clips
     r2_weight: float = 0.0          # finite-difference R2 on fake clips
     r_sigma: float = 0.01           # perturbation scale of finite-difference R1/R2
@@ -130,10 +131,61 @@ class TeacherForcingConfig(FlowLossConfig):
 
 
 @dataclass
+class CDConfig:
+    """Consistency distillation / training: a Karras-like sigma grid with iCT's N curriculum."""
+    rho: float = 2.0                # grid s_i = (i / N)^rho
+    n_start: int = 10               # curriculum: N from n_start, doubling, up to n_end over train.steps
+    n_end: int = 1280
+    solver: str = "heun"            # teacher ODE step (CD only): euler | heun
+    huber_c: float = 0.03           # pseudo-Huber constant
+
+
+@dataclass
+class CTConfig:
+    rho: float = 2.0
+    n_start: int = 10
+    n_end: int = 1280
+    huber_c: float = 0.03
+
+
+@dataclass
+class LCMConfig:
+    """LCM: a fixed grid of ``num_steps`` intervals, skipping-step targets ``k = skip``, guided DDIM teacher
+    (``objective.guidance``, w baked into the student)."""
+    num_steps: int = 50
+    skip: int = 5
+    rho: float = 1.0
+    huber_c: float = 0.03
+
+
+@dataclass
+class SCMConfig:
+    """sCM (TrigFlow): proposal ``tan t = e^tau / sigma_data``, ``tau ~ N(p_mean, p_std^2)``; tangent warm-up and
+    stabiliser (``normalize``: g / (||g|| + norm_c) | ``clip``: to [-1, 1])."""
+    sigma_data: float = 1.0
+    p_mean: float = -1.0
+    p_std: float = 1.4
+    warmup_steps: int = 500
+    tangent: str = "normalize"
+    norm_c: float = 0.1
+
+
+@dataclass
+class CTMConfig:
+    """CTM: soft consistency matching against ``teacher_steps`` teacher ODE steps, DSM auxiliary weight,
+    gamma of gamma-sampling."""
+    teacher_steps: int = 2
+    solver: str = "heun"
+    dsm_weight: float = 1.0
+    gamma: float = 0.0
+
+
+@dataclass
 class ObjectiveConfig:
     """``name`` picks the objective; each objective with settings of its own has its section."""
     name: str = "dmd"               # dmd | extended_dmd | sid | gan | dmd_gan | ode_init | teacher_forcing |
                                     # diffusion_forcing | flow_matching (bidirectional teacher from data)
+                                    # | cd | ct | lcm (consistency, video plugins)
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
     gen_update_every: int = 5       # objectives with a critic: the generator updates every n-th step
     sid: SiDConfig = field(default_factory=SiDConfig)
@@ -142,17 +194,22 @@ class ObjectiveConfig:
     flow_matching: FlowMatchingConfig = field(default_factory=FlowMatchingConfig)
     teacher_forcing: TeacherForcingConfig = field(default_factory=TeacherForcingConfig)
     diffusion_forcing: FlowLossConfig = field(default_factory=FlowLossConfig)
+    cd: CDConfig = field(default_factory=CDConfig)
+    ct: CTConfig = field(default_factory=CTConfig)
+    lcm: LCMConfig = field(default_factory=LCMConfig)
+    scm: SCMConfig = field(default_factory=SCMConfig)
+    ctm: CTMConfig = field(default_factory=CTMConfig)
 
 
 @dataclass
 class OptimConfig:
-    generator_lr: float = 2e-6
-    critic_lr: float = 4e-7
-    betas: list[float] = field(default_factory=lambda: [0.0, 0.999])
-    weight_decay: float = 0.01
-    grad_clip: float = 10.0
-    ema_decay: float = 0.99
-    ema_start: int = 200
+    generator_lr: float = 2e-6      # AdamW learning rate of the generator engine
+    critic_lr: float = 4e-7         # AdamW learning rate of the critic engine
+    betas: list[float] = field(default_factory=lambda: [0.0, 0.999]) # AdamW betas of both engines
+    weight_decay: float = 0.01      # AdamW weight decay
+    grad_clip: float = 10.0         # gradient-norm clipping of every engine (set explicitly for DeepSpeed)
+    ema_decay: float = 0.99         # generator EMA decay d (the export is the EMA)
+    ema_start: int = 200            # generator updates before the EMA starts averaging (a plain copy until then)
     ema_warmup: bool = False        # decay of the n-th average min(ema_decay, (1 + n) / (10 + n)) (train/ema.py)
     lr_schedule: str = "constant"   # constant | cosine (vidforce/train/lr.py), over each engine's own updates
     warmup_steps: int = 0           # linear warm-up, in updates of each engine
@@ -161,20 +218,20 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 100
+    steps: int = 100                # training iterations (critic turns count every step, the generator its own)
     batch_size: int = 1             # per GPU
-    grad_accum: int = 1
-    seed: int = 0
-    run_dir: str = "runs/default"
+    grad_accum: int = 1             # micro-batches per optimizer step
+    seed: int = 0                   # seeds weights, noise and data order (per rank)
+    run_dir: str = "runs/default"   # checkpoints, metrics.jsonl, config.yaml, drift reports
     resume: str = "auto"            # auto | none | a checkpoint directory
-    checkpoint_every: int = 50
-    keep_last: int = 3
-    log_every: int = 1
+    checkpoint_every: int = 50      # iterations between checkpoints (one is also written at the end and on Ctrl-C)
+    keep_last: int = 3              # checkpoints kept
+    log_every: int = 1              # iterations between metric lines
     precision: str = "bf16"         # bf16 | fp32
-    activation_checkpointing: bool = False
+    activation_checkpointing: bool = False # recompute each DiT block in backward (memory for time)
     compile: bool = False           # torch.compile each DiT block's tensor halves (WanModel.compile_blocks)
-    generator_zero_stage: int = 2
-    critic_zero_stage: int = 2
+    generator_zero_stage: int = 2   # DeepSpeed ZeRO stage of the generator engine (0-3)
+    critic_zero_stage: int = 2      # DeepSpeed ZeRO stage of the critic engine (0-3)
     teacher_zero3: bool = False     # partition the frozen teacher (ZeRO-3) instead of replicating it
     dist_timeout_s: int = 600       # a rank silent this long (no loop progress) ends the job, named (watchdog.py)
     device: str = "auto"            # auto | cpu | cuda
@@ -185,10 +242,10 @@ class DataConfig:
     prompts: str = ""               # txt / jsonl of prompts (rollout objectives)
     videos: str = ""                # directory or manifest of mp4 + captions (data objectives, GAN)
     world: str = ""                 # a data.balls world spec JSON: fresh rendered scenes instead of data.videos
-    latent_height: int = 8
-    latent_width: int = 8
+    latent_height: int = 8          # latent frame height (pixels / codec spatial factor)
+    latent_width: int = 8           # latent frame width
     fps: float = 16.0               # pixel frame rate of generated / training videos
-    negative_prompt: str = ""
+    negative_prompt: str = ""       # the unconditional prompt of CFG (training dropout and guided scores)
     cache_clips: bool = False       # keep decoded clips in memory (small datasets: the mini world)
     clip_stride: int = 0            # pixel frames between clip starts (at data.fps); 0: the clip length, no overlap
 
@@ -208,19 +265,19 @@ class CodecConfig:
 
 @dataclass
 class LoggingConfig:
-    wandb: bool = True
+    wandb: bool = True              # log to wandb (metrics.jsonl is always written)
     wandb_mode: str = "offline"     # offline | online | disabled
-    project: str = "vidforce"
-    progress: bool = True
+    project: str = "vidforce"       # wandb project
+    progress: bool = True           # progress bars (shown when stderr is a terminal)
 
 
 @dataclass
 class DriftConfig:
     every: int = 0                  # training hook period in steps (0 = off)
     horizon_multiple: int = 10      # roll out this many teacher horizons
-    prompts: list[str] = field(default_factory=list)
-    seeds: list[int] = field(default_factory=lambda: [0])
-    window_seconds: float = 2.0
+    prompts: list[str] = field(default_factory=list) # prompts of the training-time drift rollouts
+    seeds: list[int] = field(default_factory=lambda: [0]) # noise seeds of the drift rollouts (each prompt x seed)
+    window_seconds: float = 2.0     # drift metric window length
     ema: bool = True                # roll out the generator EMA (false: the raw weights)
 
 
@@ -250,7 +307,10 @@ CHOICES: dict[str, tuple] = {
     "rollout.long_sampling": ("fixed", "uniform"),
     "rollout.window_sampling": ("uniform", "beta"),
     "objective.name": ("dmd", "sid", "gan", "dmd_gan", "ode_init", "teacher_forcing", "diffusion_forcing",
-                       "extended_dmd", "flow_matching"),
+                       "extended_dmd", "flow_matching", "cd", "ct", "lcm"),
+    "objective.cd.solver": ("euler", "heun"),
+    "objective.scm.tangent": ("normalize", "clip"),
+    "objective.ctm.solver": ("euler", "heun"),
     "objective.guidance.convention": ("uncond", "cond"),
     "objective.flow_matching.weighting": ("uniform", "wan"),
     "objective.teacher_forcing.weighting": ("uniform", "wan"),
@@ -267,8 +327,8 @@ CHOICES: dict[str, tuple] = {
     "logging.wandb_mode": ("offline", "online", "disabled"),
     "optim.lr_schedule": ("constant", "cosine"),
 }
-POSITIVE = ("objective.gan.r_sigma", "causal.frames_per_chunk", "rollout.num_frames", "objective.gen_update_every", "train.steps",
-            "train.batch_size", "train.grad_accum", "train.checkpoint_every", "train.keep_last", "train.log_every",
+POSITIVE = ("objective.gan.r_sigma", "causal.frames_per_chunk", "rollout.num_frames", "objective.gen_update_every",
+            "train.steps", "train.batch_size", "train.grad_accum", "train.checkpoint_every", "train.keep_last", "train.log_every",
             "data.latent_height", "data.latent_width", "data.fps", "codec.spatial_factor", "train.dist_timeout_s",
             "drift.window_seconds", "drift.horizon_multiple", "schedule.shift")
 NON_NEGATIVE = ("causal.window", "causal.sink", "rollout.grad_chunks", "rollout.long_frames", "optim.generator_lr",
@@ -334,7 +394,8 @@ def validate(cfg: VidforceConfig) -> VidforceConfig:
     if c.sink and not c.window:
         raise ValueError("causal.sink needs a rolling causal.window > 0")
     if not s.denoising_steps or any(not 0 < t <= 1000 for t in s.denoising_steps):
-        raise ValueError(f"schedule.denoising_steps must be non-empty values in (0, 1000], got {list(s.denoising_steps)}")
+        raise ValueError(f"schedule.denoising_steps must be non-empty values in (0, 1000], "
+                         f"got {list(s.denoising_steps)}")
     if list(s.denoising_steps) != sorted(s.denoising_steps, reverse=True):
         raise ValueError("schedule.denoising_steps must be decreasing")
     if not 0 <= s.min_step < s.max_step <= 1:
@@ -356,12 +417,22 @@ def validate(cfg: VidforceConfig) -> VidforceConfig:
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> Any:
-    """A YAML file with its ``inherit:`` chain resolved (parents first)."""
+    """A YAML file with its ``inherit:`` chain resolved (parents first); unreadable YAML raises ``ValueError``
+    naming the file and line."""
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     if path.resolve() in seen:
         raise ValueError(f"config inherit cycle through {path}")
-    data = OmegaConf.load(path)
+    try:
+        data = OmegaConf.load(path)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        raise ValueError(f"{where}: invalid YAML: {getattr(err, 'problem', None) or err}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a text (UTF-8) YAML file") from None
+    if not isinstance(data, DictConfig):
+        raise ValueError(f"{path}: a config is a mapping of sections (model:, train:, ...), got a list")
     parent = data.pop("inherit", None)
     if parent is None:
         return data
@@ -402,11 +473,11 @@ def critic_copies_teacher(cfg: "VidforceConfig") -> bool:
 
 def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> VidforceConfig:
     """Load and validate a config: schema <- presets <- YAML (with ``inherit``) <- ``key=value`` overrides."""
-    layers = [_read_yaml(Path(path))] if path else []
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override {item!r} is not of the form key=value")
     try:
+        layers = [_read_yaml(Path(path))] if path else []
         layers.append(OmegaConf.from_dotlist(list(overrides)))
         merged = OmegaConf.merge(OmegaConf.structured(VidforceConfig), *_with_presets(layers))
         cfg = OmegaConf.to_object(merged)

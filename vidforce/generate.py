@@ -1,8 +1,9 @@
 """``vidforce generate``: stream a long video to an mp4 while it is generated.
 
-Everything that can be wrong with the input (config keys, checkpoint path or shape, output path, seconds,
-prompt schedule) is checked before the model is built. Ctrl-C or SIGTERM stops generation and still
-finalises a playable mp4 of everything generated so far.
+Everything that can be wrong with the input (config keys, weights, output path, prompt schedule) is checked
+before the model is built. The weights are ``--checkpoint`` or the config's ``model.checkpoint``; without either
+only ``--random-weights`` (benchmarks) generates, from untrained weights. Ctrl-C or SIGTERM stops generation and
+still finalises a playable mp4 of everything generated so far; a failure of the mp4 writer is an error.
 """
 from __future__ import annotations
 
@@ -42,28 +43,42 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _weights(args, cfg) -> str:
+    """Which weights generate, for the user; refuses to generate from random weights unasked."""
+    if args.random_weights:
+        return "random (--random-weights: an untrained model)"
+    if not cfg.model.checkpoint:
+        raise ValueError(f"no weights: give --checkpoint FILE or set model.checkpoint in {args.config} "
+                         "(--random-weights generates from untrained weights, for benchmarks)")
+    from vidforce.models.build import check_checkpoint  # noqa: PLC0415
+    check_checkpoint(cfg.model.checkpoint, cfg.model, "model")
+    where = "--checkpoint" if args.checkpoint else f"model.checkpoint of {args.config}"
+    return f"{cfg.model.checkpoint} ({where})"
+
+
 def prepare(args):
-    """Validate everything cheap: returns (cfg, schedule, out path, latent frames)."""
+    """Validate everything cheap: returns (cfg, schedule, out path, fps, pixel frames, weights description)."""
     overrides = list(args.overrides)
+    if args.checkpoint and args.random_weights:
+        raise ValueError("--checkpoint and --random-weights exclude each other")
     if args.checkpoint:
         if not Path(args.checkpoint).exists():
             raise FileNotFoundError(f"--checkpoint not found: {args.checkpoint}")
         overrides.append(f"model.checkpoint={args.checkpoint}")
+    if args.random_weights:
+        overrides.append("model.checkpoint=''")
     cfg = config.load(args.config, overrides)
-    if args.seconds <= 0:
-        raise ValueError(f"--seconds must be > 0, got {args.seconds}")
-    fps = args.fps or cfg.data.fps
-    out = check_writable(args.out)
+    fps = cfg.data.fps if args.fps is None else args.fps
     schedule = _schedule(args)
-    if cfg.model.checkpoint:
-        from vidforce.models.build import check_checkpoint  # noqa: PLC0415
-        check_checkpoint(cfg.model.checkpoint, cfg.model, "model")
+    weights = _weights(args, cfg)
+    out = check_writable(args.out)
     pixel = max(1, int(round(args.seconds * fps)))
-    return cfg, schedule, out, fps, pixel
+    return cfg, schedule, out, fps, pixel, weights
 
 
 def run(args) -> int:
-    cfg, schedule, out, fps, pixel = prepare(args)
+    cfg, schedule, out, fps, pixel, weights = prepare(args)
+    print(f"weights: {weights}", flush=True)
     device = _device(cfg.train.device)
     dtype = torch.bfloat16 if (cfg.train.precision == "bf16" and device.type == "cuda") else torch.float32
     from vidforce.models.build import build_generator  # noqa: PLC0415
@@ -74,22 +89,36 @@ def run(args) -> int:
     chunk = cfg.causal.frames_per_chunk
     latent = codec.num_latent_frames(1 + (pixel - 1) // codec.temporal_factor * codec.temporal_factor)
     latent = -(-latent // chunk) * chunk
+    switches = switch_frames(schedule, fps, codec, chunk)
+    _warn_late(schedule, switches, latent, codec.num_frames(latent) / fps)
     streamer = Streamer(model, codec, components.text_encoder(cfg, device), Sampler.from_config(cfg.schedule),
                         (cfg.data.latent_height, cfg.data.latent_width), args.seed, device, dtype)
-    stopped = _stream(streamer, latent, switch_frames(schedule, fps, codec, chunk), out, fps, cfg.logging.progress)
+    stopped = _stream(streamer, latent, switches, out, fps, cfg.logging.progress)
     s = streamer.stats
+    if s.frames == 0:
+        print(f"stopped before the first frame: {out} not written")
+        return 130
     print(f"{'stopped early: ' if stopped else ''}wrote {s.frames} frames to {out}")
     print(f"latency to first frame {s.first_frame_s:.3f} s | throughput {s.fps:.2f} frames/s | "
           f"peak memory {s.peak_memory_bytes / 2**30:.2f} GiB | prompt switches {s.recaches}")
     return 130 if stopped else 0
 
 
+def _warn_late(schedule: list[tuple[float, str]], switches: list[tuple[int, str]], latent: int, end_s: float) -> None:
+    """One line on stderr for the schedule entries that start at or after the video's end (never shown)."""
+    late = [f"{sec:g} s ({prompt[:40]!r})" for (sec, prompt), (frame, _) in zip(schedule, switches) if frame >= latent]
+    if late:
+        print(f"vidforce generate: warning: prompt schedule entries after the video's end ({end_s:g} s) are never "
+              f"shown: {', '.join(late)}", file=sys.stderr)
+
+
 def _stream(streamer: Streamer, latent: int, schedule, out: Path, fps: float, progress: bool) -> bool:
-    """Write frames as they come; returns True when interrupted (the mp4 is finalised either way)."""
+    """Write frames as they come; returns True when interrupted (the mp4 is finalised either way). The
+    progress bar (``logging.progress``) shows when stderr is a terminal."""
     from tqdm import tqdm  # noqa: PLC0415
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     total = streamer.codec.num_frames(latent)
-    bar = tqdm(total=total, unit="frame", disable=not progress, file=sys.stderr)
+    bar = tqdm(total=total, unit="frame", disable=None if progress else True, file=sys.stderr)
     try:
         with Mp4Writer(out, fps) as writer:
             for frames in streamer.frames(latent, schedule):

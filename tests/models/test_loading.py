@@ -1,5 +1,7 @@
 """Checkpoint formats round-trip into fresh models and reproduce the source model's outputs exactly."""
 import json
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -233,3 +235,58 @@ def test_critic_entry_loads_through_the_config(tmp_path, field):
                       "causal.attention=math"])
     built = (build_generator if field == "model" else build_teacher)(cfg, "cpu", torch.float32)
     assert torch.equal(outputs(built), outputs(tiny_wan(seed=9)))
+
+
+def test_unreadable_files_name_themselves_in_one_line(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\xff" * 100)                  # an 8-byte header length far beyond the file: "header too large"
+    with pytest.raises(ValueError) as err:
+        Checkpoint(bad)
+    assert str(err.value).startswith(f"{bad} is not a readable safetensors file: ") and "\n" not in str(err.value)
+    for name, data in (("junk.pt", b"\xff" * 100), ("empty.pt", b"")):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ValueError, match=f"{name} is not a readable torch checkpoint: "):
+            Checkpoint(tmp_path / name)
+
+
+def fake_run(root: Path) -> Path:
+    """The files ``Checkpoint`` sees of a vidforce run: checkpoints/latest -> step_000002 with trainer.pt and an
+    engine folder."""
+    step = root / "checkpoints" / "step_000002"
+    (step / "generator" / "state").mkdir(parents=True)
+    torch.save({"step": 2}, step / "trainer.pt")
+    torch.save({"module": tiny_wan().state_dict()}, step / "generator" / "state" / "mp_rank_00_model_states.pt")
+    (root / "checkpoints" / "latest").write_text("step_000002\n")
+    return step
+
+
+def test_a_training_checkpoint_is_refused_with_the_export_command(tmp_path):
+    run = tmp_path / "run"
+    step = fake_run(run)
+    for given, export in ((run, run), (run / "checkpoints", run), (step, step), (step / "trainer.pt", step),
+                          (step / "generator", step), (step / "generator/state/mp_rank_00_model_states.pt", step)):
+        with pytest.raises(ValueError) as err:
+            Checkpoint(given)
+        assert str(err.value) == (f"{given} is a vidforce training checkpoint, not model weights: run `vidforce export "
+                                  f"{export} --out FILE.safetensors` and load FILE.safetensors")
+    save_safetensors(tiny_wan(), run / "export.safetensors")                 # weights kept beside the run load
+    assert_same_model(tiny_wan(), run / "export.safetensors")
+
+
+def test_safetensors_files_get_the_umask_mode(tmp_path):
+    """safetensors writes its file 0600; ours are 0666 & ~umask like any file (here 0644, and 0640)."""
+    old = os.umask(0o022)
+    try:
+        written = save_safetensors(tiny_wan(), tmp_path / "a.safetensors")
+        written += save_safetensors(tiny_wan(), tmp_path / "s" / "b.safetensors", max_shard_bytes=20_000)
+        assert len(written) > 2 and {stat.S_IMODE(p.stat().st_mode) for p in written} == {0o644}
+        os.umask(0o027)
+        assert stat.S_IMODE(save_safetensors(tiny_wan(), tmp_path / "c.safetensors")[0].stat().st_mode) == 0o640
+    finally:
+        os.umask(old)
+
+
+def test_an_output_that_is_a_directory_is_named(tmp_path):
+    (tmp_path / "x.safetensors").mkdir()
+    with pytest.raises(ValueError, match="x.safetensors is a directory"):
+        save_safetensors(tiny_wan(), tmp_path / "x.safetensors")

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -157,3 +158,38 @@ def test_bf16_sharded_export_loads_as_the_checkpoint_of_a_later_stage(inputs, tm
 def test_export_without_a_checkpoint_names_the_input(tmp_path):
     with pytest.raises(FileNotFoundError, match="export RUN_DIR: no checkpoint"):
         export_generator(tmp_path, tmp_path / "out.safetensors")
+
+
+def test_rerunning_a_run_with_other_settings_is_refused_naming_them(inputs, tmp_path, monkeypatch):
+    train(tiny("dmd", inputs, tmp_path, "train.steps=2"))
+    saved = (tmp_path / "config.yaml").read_text()
+    monkeypatch.setattr(trainer.dist, "init", lambda *a: pytest.fail("started the process group"))
+    with pytest.raises(ValueError) as err:
+        train(tiny("dmd", inputs, tmp_path, "train.steps=4", "optim.generator_lr=0.002", "causal.window=6"))
+    message = str(err.value)
+    assert message.startswith(f"train.run_dir {tmp_path} holds a run with other settings (causal.window: 0 -> 6; "
+                              "optim.generator_lr: 0.001 -> 0.002): use a new train.run_dir, or train.resume=none")
+    assert "train.steps" in message and "logging.*" in message and "\n" not in message
+    assert (tmp_path / "config.yaml").read_text() == saved                   # not overwritten
+    monkeypatch.undo()
+    summary = train(tiny("dmd", inputs, tmp_path, "train.steps=4", "train.checkpoint_every=1", "train.log_every=2",
+                         "logging.progress=true", "drift.window_seconds=1"))           # bookkeeping may change
+    assert summary["start_step"] == 2
+    summary = train(tiny("dmd", inputs, tmp_path, "train.steps=2", "optim.generator_lr=0.002", "train.resume=none"))
+    assert summary["start_step"] == 0 and "generator_lr: 0.002" in (tmp_path / "config.yaml").read_text()
+    assert [p.name for p in checkpoint.complete_checkpoints(tmp_path / "checkpoints")] == ["step_000002"]  # 3, 4 gone
+    assert latest(tmp_path).name == "step_000002"
+
+
+def test_the_global_batch_may_move_between_batch_size_and_ranks_only(tmp_path):
+    ckpt = tmp_path / "checkpoints" / "step_000002"
+    ckpt.mkdir(parents=True)
+    (ckpt / "config.yaml").write_text("train: {batch_size: 1, grad_accum: 1}\n")
+    two_ranks = SimpleNamespace(train=SimpleNamespace(batch_size=1, grad_accum=2))
+    checkpoint.check_global_batch(tmp_path, ckpt, two_ranks, saved_world=2, world=1)     # 1 x 1 x 2 = 1 x 2 x 1
+    with pytest.raises(ValueError, match=r"global batch train.batch_size x train.grad_accum x ranks: 1 x 1 x 2 -> "
+                                         r"1 x 2 x 2\): use a new train.run_dir"):
+        checkpoint.check_global_batch(tmp_path, ckpt, two_ranks, saved_world=2, world=2)
+    assert checkpoint.changed_settings({"train.grad_accum": 1, "logging.wandb": True, "optim.betas": [0, 0.9]},
+                                       {"train.grad_accum": 2, "logging.wandb": False, "optim.betas": [0, 0.99]}) == [
+        "optim.betas: [0, 0.9] -> [0, 0.99]"]

@@ -2,16 +2,22 @@
 from __future__ import annotations
 
 import math
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 import torch
 
 from vidforce.cli import main_train
-from vidforce.train import trainer
-from vidforce.train.trainer import train
+from vidforce.train import checkpoint, trainer
+from vidforce.train.trainer import train, train_step
 
-from tests.train.helpers import ROOT, metrics, overrides, spawn_ranks, tiny, wait_all
+from tests.train.helpers import ROOT, child_env, metrics, overrides, spawn_ranks, tiny, wait_all
 
 OBJECTIVES = ("dmd", "sid", "gan", "ode_init", "teacher_forcing", "diffusion_forcing", "flow_matching",
               "extended_dmd")
@@ -127,3 +133,102 @@ def test_activation_checkpointing_keeps_sid_losses(inputs, tmp_path):
         for key in COMPARED + ("sid_loss",):
             if key in a:
                 assert b[key] == pytest.approx(a[key], rel=1e-6), (a["step"], key)
+
+
+def test_a_missing_data_file_fails_fast_before_deepspeed_is_imported(tmp_path):
+    """The check of every input comes before the process group: no DeepSpeed import (and op build) first."""
+    code = ("import sys, time; from vidforce.cli import main; t = time.perf_counter(); "
+            f"rc = main(['train', {str(ROOT / 'configs/tiny/dmd.yaml')!r}, 'data.prompts=/no/prompts.txt', "
+            f"'train.run_dir={tmp_path / 'run'}']); "
+            "print(rc, 'deepspeed' in sys.modules, time.perf_counter() - t)")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    rc, imported, seconds = run.stdout.split()
+    assert (rc, imported) == ("2", "False") and float(seconds) < 20, run.stdout     # the op build took 50-60 s
+    assert run.stderr.strip() == "vidforce train: error: data.prompts not found: /no/prompts.txt"
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_run_dir_and_the_data_of_the_objective_are_checked_first(inputs, tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer.dist, "init", lambda *a: pytest.fail("started the process group"))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="train.run_dir .*file/run: .*file is a file, not a directory"):
+        train(tiny("dmd", inputs, tmp_path / "file" / "run"))
+    with pytest.raises(ValueError, match="data.prompts is empty: objective.name=dmd reads prompts"):
+        train(tiny("dmd", inputs, tmp_path, "data.prompts=''"))
+    with pytest.raises(FileNotFoundError, match="data.world not found: /no/world.json"):
+        train(tiny("teacher_forcing", inputs, tmp_path, "data.world=/no/world.json"))
+    with pytest.raises(FileNotFoundError, match="objective.ode_init.pairs not found"):
+        train(tiny("ode_init", inputs, tmp_path, "objective.ode_init.pairs=/no/pairs.safetensors"))
+    with pytest.raises(FileNotFoundError, match="train.resume: no checkpoint at /no/run"):
+        train(tiny("dmd", inputs, tmp_path, "train.resume=/no/run"))
+
+
+def stop_at(monkeypatch, signum: int, step_index: int) -> None:
+    """Send ``signum`` to this process at the start of step ``step_index`` (0-based)."""
+    step = trainer.train_step
+
+    def signalled(run, i):
+        if i == step_index:
+            os.kill(os.getpid(), signum)
+        return step(run, i)
+
+    monkeypatch.setattr(trainer, "train_step", signalled)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_after_the_step_saves_and_names_the_resume_command(inputs, tmp_path, monkeypatch, capsys,
+                                                                           signum):
+    """Ctrl-C / SIGTERM at step 3 of 5: a checkpoint of step 3 (between the every-2 checkpoints), the resume
+    command, exit status 130; the rerun (once) says where it resumed and ends on the uninterrupted losses."""
+    monkeypatch.setattr(trainer.dist, "shutdown", lambda: None)      # the process group serves the later tests
+    config, args = str(ROOT / "configs/tiny/dmd.yaml"), overrides(inputs, tmp_path / "run", "train.steps=5")
+    stop_at(monkeypatch, signum, 2)
+    handler = signal.getsignal(signum)
+    assert main_train(config, args, False) == 130
+    step3 = tmp_path / "run" / "checkpoints" / "step_000003"
+    err = capsys.readouterr().err.strip().splitlines()
+    command = shlex.join(["vidforce", "train", config, *args])
+    assert err == [f"interrupted at step 3; checkpoint {step3}; resume with: {command} (train.resume=auto)"]
+    assert checkpoint.latest(tmp_path / "run") == step3 and len(metrics(tmp_path / "run")) == 3
+    assert signal.getsignal(signum) is handler                                   # the handlers are restored
+    if signum == signal.SIGTERM:
+        return
+    monkeypatch.setattr(trainer, "train_step", train_step)
+    assert main_train(config, args, False) == 0
+    assert capsys.readouterr().err.strip().splitlines() == [f"resumed from step 3 ({step3})"]
+    train(tiny("dmd", inputs, tmp_path / "ref", "train.steps=5"))
+    assert metrics_without_time(tmp_path / "run") == metrics_without_time(tmp_path / "ref")
+
+
+def metrics_without_time(run_dir):
+    return [{k: v for k, v in m.items() if k not in ("step_time_s", "tokens_per_s", "peak_memory_gb")}
+            for m in metrics(run_dir)]
+
+
+def test_a_second_signal_interrupts_at_once():
+    with trainer.StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.signum == signal.SIGINT and stop.agreed()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_command_saves_and_exits_130(inputs, tmp_path):
+    """The real process (formerly a silent exit 143): checkpoint, one message, no traceback."""
+    run = tmp_path / "run"
+    args = [str(ROOT / "configs/tiny/dmd.yaml"), *overrides(inputs, run, "train.steps=100000",
+                                                            "train.checkpoint_every=1000")]
+    proc = subprocess.Popen([sys.executable, "-m", "vidforce.cli", "train", *args], cwd=ROOT, env=child_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not (run / "metrics.jsonl").is_file() or len(metrics(run)) < 2):
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    done = checkpoint.latest(run)
+    assert "Traceback" not in err and f"interrupted at step {int(done.name[5:])}; checkpoint {done}; resume" in err

@@ -22,7 +22,7 @@ PANELS = (  # (metric, title, y-axis unit)
     ("color_shift", "colour shift vs first window", "Lab distance (dE76)"),
     ("contrast", "contrast", "luma std [0, 1]"),
     ("sharpness", "sharpness", "Laplacian variance"),
-    ("flicker", "flicker", "mean |frame diff| [0, 1]"),
+    ("flicker", "flicker", "motion-compensated residual [0, 1]"),
     ("motion", "motion", "px/frame (256-px grid)"),
     ("hold_similarity", "hold: similarity to first window", "correlation [-1, 1]"),
     ("repetition", "repetition: best earlier match", "correlation [-1, 1]"),
@@ -85,9 +85,18 @@ def plot_curves(result: dict, png_path: str | os.PathLike) -> None:
     fig.savefig(png_path, dpi=100)
 
 
-def write_report(result: dict, out_dir: str | os.PathLike) -> tuple[Path, Path]:
-    """Write ``out_dir/drift.json`` and ``out_dir/drift.png``; return both paths."""
+def check_report_dir(out_dir: str | os.PathLike) -> Path:
+    """``out_dir`` as a Path; ``FileExistsError`` when it, or the nearest existing folder above it, is a file."""
     out = Path(out_dir)
+    existing = next(d for d in [out.absolute(), *out.absolute().parents] if d.exists())
+    if not existing.is_dir():
+        raise FileExistsError(f"{existing} is a file: the drift report is a directory (DIR/drift.json, DIR/drift.png)")
+    return out
+
+
+def write_report(result: dict, out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """Write ``out_dir/drift.json`` and ``out_dir/drift.png`` (missing directories created); return both paths."""
+    out = check_report_dir(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     json_path, png_path = out / "drift.json", out / "drift.png"
     json_path.write_text(json.dumps(result, indent=2) + "\n")

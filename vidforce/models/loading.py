@@ -29,12 +29,13 @@ import functools
 import json
 import os
 import pickle
+import zipfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
@@ -112,11 +113,29 @@ def diffusers_to_wan_key(key: str) -> str:
 _OUT_NAMES = {"wan": str, "diffusers": wan_to_diffusers_key}   # output naming -> key renaming
 
 
+def training_checkpoint(p: Path) -> Path | None:
+    """The run or step directory when ``p`` is a vidforce training checkpoint (a run directory, its
+    ``checkpoints/``, a ``step_XXXXXX/``) or a torch file or folder inside a step directory (``trainer.pt``,
+    ``rank_*.pt``, the engines' DeepSpeed folders), else None. Safetensors files are always weights."""
+    if p.is_file() and (p.name.endswith((".safetensors", ".index.json")) or p.suffix not in TORCH_SUFFIXES):
+        return None
+    if p.is_dir() and (p / "checkpoints" / "latest").is_file():
+        return p
+    if p.is_dir() and p.name == "checkpoints" and (p / "latest").is_file():
+        return p.parent
+    return next((d for d in [p, *p.parents][:4] if d.is_dir() and (d / "trainer.pt").is_file()), None)
+
+
 def checkpoint_files(path: str | Path) -> list[Path]:
-    """Weight files of a checkpoint: a file, an index json (its shards) or a directory (see :func:`_pick_in_dir`)."""
+    """Weight files of a checkpoint: a file, an index json (its shards) or a directory (see :func:`_pick_in_dir`).
+    A training checkpoint is refused with the ``vidforce export`` command that turns it into weights."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"checkpoint not found: {p}")
+    run = training_checkpoint(p)
+    if run is not None:
+        raise ValueError(f"{p} is a vidforce training checkpoint, not model weights: run `vidforce export {run} "
+                         f"--out FILE.safetensors` and load FILE.safetensors")
     if p.is_dir():
         return checkpoint_files(_pick_in_dir(p))
     if p.name.endswith(".index.json"):
@@ -152,10 +171,14 @@ def _pick_in_dir(d: Path) -> Path:
 
 
 def _torch_load(path: Path):
+    """A torch file's contents: memory-mapped (zip format), or read whole (the legacy format)."""
     try:
-        return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError) as err:
-        raise ValueError(f"cannot read {path} as a torch checkpoint: {str(err).splitlines()[0]}") from None
+        return torch.load(path, map_location="cpu", mmap=zipfile.is_zipfile(path), weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError) as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        unpickler = [line for line in lines if "WeightsUnpickler error" in line or line.startswith("Unsupported")]
+        reason = unpickler[-1] if unpickler else lines[0] if lines else f"{type(err).__name__} (truncated?)"
+        raise ValueError(f"{path} is not a readable torch checkpoint: {reason}") from None
 
 
 def _select_state_dict(obj, checkpoint_key: str, path: Path) -> tuple[Mapping, str]:
@@ -221,9 +244,12 @@ class Checkpoint:
                              "checkpoint; use 'auto'")
         raw = {}
         for f in self.files:
-            with safe_open(f, "pt") as h:
-                self.metadata.update(h.metadata() or {})
-                raw.update({k: tuple(h.get_slice(k).get_shape()) for k in h.keys()})
+            try:
+                with safe_open(f, "pt") as h:
+                    self.metadata.update(h.metadata() or {})
+                    raw.update({k: tuple(h.get_slice(k).get_shape()) for k in h.keys()})
+            except SafetensorError as err:
+                raise ValueError(f"{f} is not a readable safetensors file: {err}") from None
         return raw
 
     def describe(self) -> str:
@@ -366,12 +392,14 @@ def save_safetensors(model_or_sd: nn.Module | Mapping[str, Tensor] | Iterable[tu
     ``names``: ``wan`` (official = ours) or ``diffusers``. Atomic: tmp files, then ``os.replace``. With
     ``max_shard_bytes > 0`` and more than one shard: ``<stem>-0000i-of-0000N.safetensors`` plus
     ``<stem>.safetensors.index.json`` (``metadata.total_size``, ``weight_map``); one shard is held at a time.
-    Returns the files written.
+    A missing parent directory is created; files get the usual ``0o666 & ~umask`` mode. Returns the files written.
     """
     path, rename = Path(path), _OUT_NAMES.get(names)
     if rename is None or path.suffix != ".safetensors":
         raise ValueError(f"save_safetensors: names must be one of {tuple(_OUT_NAMES)} (got {names!r}) and the "
                          f"output must end in .safetensors (got {path})")
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory: name the .safetensors file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     items = model_or_sd.state_dict() if isinstance(model_or_sd, nn.Module) else model_or_sd
     meta = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
@@ -405,4 +433,7 @@ def save_safetensors(model_or_sd: nn.Module | Mapping[str, Tensor] | Iterable[tu
 def _write_part(shard: dict[str, Tensor], path: Path, i: int, meta: dict[str, str]) -> Path:
     tmp = path.with_name(f".{path.name}.part{i}.tmp")
     save_file(shard, str(tmp), metadata=meta or None)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)           # safetensors writes 0600; a plain file (what os.replace keeps) is not
     return tmp

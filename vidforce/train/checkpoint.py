@@ -10,7 +10,8 @@ Layout of ``run_dir/checkpoints/``::
     latest                   text file naming the newest complete checkpoint
 
 Every rank writes into ``step_XXXXXX.tmp``; after a barrier rank 0 renames it to ``step_XXXXXX``, then
-replaces ``latest`` (write ``latest.tmp``, ``os.replace``) and prunes to ``train.keep_last``. A run killed
+replaces ``latest`` (write ``latest.tmp``, ``os.replace``) and prunes to the ``train.keep_last`` newest up to this
+step (checkpoints of later steps belong to a run started over or resumed from an earlier step). A run killed
 mid-save leaves only a ``.tmp`` directory, which is ignored and overwritten. (Multi-node runs need
 ``run_dir`` on a shared filesystem.)
 
@@ -26,6 +27,12 @@ Resume restores each engine's module and optimizer state, the EMA, step, RNG sta
   moments restart from zero (DeepSpeed 0.19.8's universal loading gave wrong ZeRO-3 moments here).
 After a world-size change the data samplers start the epoch after the saved one (their shards changed).
 The per-step noise and plan generators are seeded from ``(train.seed, step, ...)``, so they need no state.
+
+A run directory holds one training: rerunning it (``train.resume`` other than ``none``) with settings that change
+what is trained is refused, naming the changed keys (:func:`check_same_run`). Only the keys of
+:data:`MAY_CHANGE` -- bookkeeping, logging, evaluation and speed switches -- may differ from ``run_dir/config.yaml``;
+``train.batch_size`` and ``train.grad_accum`` may change with the number of ranks when the global batch stays
+(:func:`check_global_batch`).
 """
 from __future__ import annotations
 
@@ -43,6 +50,11 @@ import torch
 from vidforce.train import dist
 
 TAG = "state"
+# Keys (or sections, ending in ".") that may change when a run is continued: they leave the training unchanged.
+MAY_CHANGE = ("train.run_dir", "train.steps", "train.checkpoint_every", "train.keep_last", "train.log_every",
+              "train.resume", "train.dist_timeout_s", "train.compile", "train.activation_checkpointing",
+              "causal.attention", "logging.", "drift.")
+BATCH_KEYS = ("train.batch_size", "train.grad_accum")     # may change with the world size (check_global_batch)
 
 
 def checkpoint_root(run_dir: str | Path) -> Path:
@@ -89,7 +101,7 @@ def save(run_dir: str | Path, step: int, engines, trainer_state: dict, rank_stat
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         _write_text_atomic(root / "latest", name + "\n")
-        prune(root, keep_last)
+        prune(root, keep_last, step)
     dist.barrier()
     return final
 
@@ -99,9 +111,13 @@ def complete_checkpoints(root: Path) -> list[Path]:
     return sorted(p for p in root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
 
 
-def prune(root: Path, keep_last: int) -> None:
-    for old in complete_checkpoints(root)[:-keep_last]:
-        shutil.rmtree(old)
+def prune(root: Path, keep_last: int, step: int) -> None:
+    """Keep the ``keep_last`` newest checkpoints up to ``step``; remove older ones and any of a later step."""
+    done = complete_checkpoints(root)
+    kept = [p for p in done if int(p.name[len("step_"):]) <= step][-keep_last:]
+    for old in done:
+        if old not in kept:
+            shutil.rmtree(old)
 
 
 def latest(run_dir: str | Path) -> Path | None:
@@ -134,6 +150,54 @@ def find_resume(run_dir: str | Path, resume: str) -> Path | None:
     if resume == "auto":
         return latest(run_dir)
     return resolve(resume, "train.resume")
+
+
+def _flat(tree, prefix: str = "") -> dict[str, object]:
+    if not isinstance(tree, dict):
+        return {prefix[:-1]: tree}
+    return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+
+
+def read_settings(path: Path) -> dict[str, object] | None:
+    """The config YAML at ``path`` as ``{dotted key: value}``, or None when there is none."""
+    from omegaconf import OmegaConf  # noqa: PLC0415
+    return _flat(OmegaConf.to_container(OmegaConf.load(path))) if path.is_file() else None
+
+
+def changed_settings(saved: dict[str, object], new: dict[str, object]) -> list[str]:
+    """``key: old -> new`` for every key set in both whose value differs, except :data:`MAY_CHANGE` and
+    :data:`BATCH_KEYS`."""
+    free = MAY_CHANGE + BATCH_KEYS
+    return [f"{k}: {saved[k]!r} -> {new[k]!r}" for k in sorted(saved.keys() & new.keys())
+            if saved[k] != new[k] and not any(k == m or (m.endswith(".") and k.startswith(m)) for m in free)]
+
+
+def _refusal(run_dir, what: str) -> ValueError:
+    may = ", ".join(m + "*" if m.endswith(".") else m for m in MAY_CHANGE)
+    return ValueError(f"train.run_dir {run_dir} holds a run with other settings ({what}): use a new train.run_dir, "
+                      f"or train.resume=none to start this one over (only {may} may change)")
+
+
+def check_same_run(run_dir: str | Path, config_yaml: str) -> None:
+    """Refuse to continue ``run_dir`` with a config (YAML text) that trains something else than its config.yaml."""
+    from omegaconf import OmegaConf  # noqa: PLC0415
+    saved = read_settings(Path(run_dir) / "config.yaml")
+    changed = changed_settings(saved, _flat(OmegaConf.to_container(OmegaConf.create(config_yaml)))) if saved else []
+    if changed:
+        raise _refusal(run_dir, "; ".join(changed))
+
+
+def check_global_batch(run_dir: str | Path, ckpt: Path, cfg, saved_world: int, world: int) -> None:
+    """Refuse to resume ``ckpt`` (saved by ``saved_world`` ranks) with another global batch
+    (``train.batch_size x train.grad_accum x ranks``)."""
+    saved = read_settings(ckpt / "config.yaml")
+    if saved is None:
+        return
+    before = (saved["train.batch_size"], saved["train.grad_accum"], saved_world)
+    now = (cfg.train.batch_size, cfg.train.grad_accum, world)
+    if before[0] * before[1] * before[2] != now[0] * now[1] * now[2]:
+        raise _refusal(run_dir, "the global batch train.batch_size x train.grad_accum x ranks: "
+                       f"{' x '.join(map(str, before))} -> {' x '.join(map(str, now))}")
 
 
 def read_trainer_state(ckpt: Path) -> dict:

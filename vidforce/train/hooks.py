@@ -26,6 +26,15 @@ from vidforce.train.ema import full_state_dict
 from vidforce.video_io import Mp4Writer, to_uint8_frames
 
 
+def preview(call, *args) -> None:
+    """Run a preview writer's ``append`` / ``close``; an ffmpeg failure costs the preview (a warning), never the
+    training run."""
+    try:
+        call(*args)
+    except OSError as err:
+        warnings.warn(f"drift hook: mp4 preview failed ({err})")
+
+
 def open_writer(path: Path, fps: float) -> Mp4Writer | None:
     """The preview's mp4 writer, or None (with a warning) when imageio / ffmpeg cannot write here."""
     try:
@@ -89,22 +98,23 @@ class DriftHook:
         noise = torch.randn((1, n, cfg.model.in_dim, h, w), generator=g, device=self.device)
         meter = DriftMeter(cfg.data.fps, cfg.drift.window_seconds, video=f"{prompt} (seed {seed})")
         out.mkdir(parents=True, exist_ok=True)
-        writer = open_writer(out / "rollout.mp4", cfg.data.fps) if video else None
+        writers = [open_writer(out / "rollout.mp4", cfg.data.fps)] if video else []
+        writers = [w for w in writers if w is not None]
         decoder = self.codec.stream_decoder()
 
         def on_chunk(start: int, x0: torch.Tensor) -> None:
             frames = to_uint8_frames(decoder.decode(x0.float())[0])
             for frame in frames:
                 meter.update(frame)
-            if writer is not None:
-                writer.append(frames)
+            for writer in writers:
+                preview(writer.append, frames)
 
         cache = model.new_cache(1, h, w, n, self.device, self.dtype)
         text_kv = model.text_kv(self.text.encode([prompt]).to(self.device))
         rollout(model, noise, text_kv, self.sampler, len(self.sampler.sigmas) - 1, grad_from=n - chunk,
                 keep_from=n - chunk, generator=g, cache=cache, on_chunk=on_chunk)
-        if writer is not None:
-            writer.close()
+        for writer in writers:
+            preview(writer.close)
         result = meter.result()
         write_report(result, out)
         return result

@@ -52,7 +52,7 @@ class MetricLogger:
             return
         truncate_metrics(self.path, start_step)
         self.wandb = init_wandb(cfg, run_dir)
-        self.bar = tqdm(total=cfg.train.steps, initial=start_step, disable=not cfg.logging.progress,
+        self.bar = tqdm(total=cfg.train.steps, initial=start_step, disable=None if cfg.logging.progress else True,
                         dynamic_ncols=True, desc=cfg.objective.name)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:

@@ -7,14 +7,23 @@ generator seeded by ``(train.seed, step, role)`` and broadcasts it, so every ran
 noise generator of micro-batch ``m`` is seeded by ``(train.seed, step, role, m * world + rank)``: a 1-process
 run with ``grad_accum = W`` and a W-process run with ``grad_accum = 1`` see the same samples and noise.
 The trainer holds no loss maths: it only calls ``objective.critic_loss`` / ``generator_loss``.
+
+Everything a config can get wrong (input files, data paths, the run directory, a rerun with other settings)
+is checked before the process group and DeepSpeed start. SIGINT (Ctrl-C) or SIGTERM stops the loop after the
+step in progress (every rank at the same step), saves a checkpoint and returns; a second signal interrupts at
+once (``KeyboardInterrupt``).
 """
 from __future__ import annotations
 
 import contextlib
+import os
 import resource
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -42,9 +51,24 @@ def derive_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
 
+def data_input(cfg, kind: str) -> tuple[str, str]:
+    """The config field and path of the data an objective reads (``objective.data``)."""
+    if kind == "prompts":
+        return "data.prompts", cfg.data.prompts
+    elif kind == "videos":
+        return ("data.world", cfg.data.world) if cfg.data.world else ("data.videos", cfg.data.videos)
+    elif kind == "ode_pairs":
+        return "objective.ode_init.pairs", cfg.objective.ode_init.pairs
+    else:
+        raise ValueError(f"objective data kind must be prompts, videos or ode_pairs, got {kind!r}")
+
+
 def check_inputs(cfg, objective) -> None:
-    """Fail before any heavy work, naming the config field of a missing file."""
-    paths = [("model.checkpoint", cfg.model.checkpoint)]
+    """Fail before any heavy work, naming the config field of a missing file or an unusable run directory."""
+    data, path = data_input(cfg, objective.data)
+    if not path:
+        raise ValueError(f"{data} is empty: objective.name={cfg.objective.name} reads {objective.data}")
+    paths = [("model.checkpoint", cfg.model.checkpoint), (data, path)]
     if {"teacher", "critic"} & set(objective.networks):
         paths.append(("teacher.checkpoint", cfg.teacher.checkpoint))
     if cfg.text.encoder != "tiny":
@@ -56,6 +80,12 @@ def check_inputs(cfg, objective) -> None:
             raise FileNotFoundError(f"{name} not found: {path}")
     if cfg.drift.every and not cfg.drift.prompts:
         raise ValueError("drift.every > 0 needs drift.prompts (the fixed prompts of the drift rollouts)")
+    run_dir = Path(cfg.train.run_dir)
+    existing = next(d for d in [run_dir.absolute(), *run_dir.absolute().parents] if d.exists())
+    if not existing.is_dir():
+        raise ValueError(f"train.run_dir {run_dir}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK):
+        raise PermissionError(f"train.run_dir {run_dir}: cannot write in {existing}")
 
 
 @dataclass
@@ -114,13 +144,26 @@ def restore(ckpt: Path, state: dict, ema: EMA, source: BatchSource, device: torc
     return state["step"]
 
 
-def setup(cfg) -> Run:
-    """Validate inputs, join the process group, build data, engines, EMA, logger and hook; resume."""
+def quiet(message: str) -> None:
+    """The default receiver of :func:`train`'s messages for the user: drops them."""
+
+
+def setup(cfg, say: Callable[[str], None] = quiet) -> Run:
+    """Validate inputs, join the process group, build data, engines, EMA, logger and hook; resume (told to
+    ``say`` on rank 0)."""
     objective = objectives.build(cfg)
     check_inputs(cfg, objective)
+    run_dir = Path(cfg.train.run_dir)
+    ckpt = checkpoint.find_resume(run_dir, cfg.train.resume)
+    continued = cfg.train.resume != "none" and (run_dir / "config.yaml").is_file()   # before rank 0 rewrites it
+    if continued:
+        checkpoint.check_same_run(run_dir, to_yaml(cfg))
     device = dist.pick_device(cfg.train.device)
     dist.init(device, cfg.train.dist_timeout_s)
-    run_dir, main = Path(cfg.train.run_dir), dist.rank() == 0
+    main = dist.rank() == 0
+    state = checkpoint.read_trainer_state(ckpt) if ckpt is not None else None
+    if state is not None and continued:
+        checkpoint.check_global_batch(run_dir, ckpt, cfg, state["world_size"], dist.world_size())
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
@@ -129,11 +172,11 @@ def setup(cfg) -> Run:
     needs_codec = objective.data == "videos" or cfg.drift.every > 0
     codec = components.codec(cfg, device, dtype) if needs_codec else None
     source = BatchSource(cfg, objective.data, text, codec, device, dist.rank(), dist.world_size())
-    ckpt = checkpoint.find_resume(run_dir, cfg.train.resume)
-    state = checkpoint.read_trainer_state(ckpt) if ckpt is not None else None
     engines = build_engines(cfg, objective, device, ckpt, state)
     ema = EMA(cfg.optim.ema_decay, cfg.optim.ema_start, keep=main, warmup=cfg.optim.ema_warmup)
     start = restore(ckpt, state, ema, source, device) if state is not None else 0
+    if state is not None and main:
+        say(f"resumed from step {start} ({ckpt})")
     logger = MetricLogger(cfg, run_dir, start, main)
     hook = DriftHook(cfg, codec, text, run_dir, device, dtype)
     return Run(cfg, objective, engines, ema, source, logger, hook, device, run_dir, start,
@@ -250,22 +293,61 @@ def save_checkpoint(run: Run, done: int) -> Path:
     return checkpoint.save(run.run_dir, done, run.engines, state, mine, to_yaml(run.cfg), run.cfg.train.keep_last)
 
 
-def train(cfg) -> dict:
-    """Train ``cfg.train.steps`` iterations (resuming per ``train.resume``); returns a run summary."""
-    run = setup(cfg)
+class StopRequest:
+    """While active (``with``, main thread only): the first SIGINT / SIGTERM asks the loop to stop after the
+    step in progress, a second one raises ``KeyboardInterrupt`` at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum, self._previous = 0, {}
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def agreed(self) -> bool:
+        """Whether any rank was asked to stop (a collective in a world of several ranks)."""
+        return dist.reduce_max({"stop": float(self.signum)})["stop"] > 0
+
+
+def train(cfg, say: Callable[[str], None] = quiet) -> dict:
+    """Train ``cfg.train.steps`` iterations (resuming per ``train.resume``); returns a run summary, whose
+    ``interrupted`` is the completed step count when a signal stopped the run (None otherwise). ``say`` receives
+    the messages for the user (rank 0: the resumed checkpoint)."""
+    run = setup(cfg, say)
     metrics: dict[str, float] = {}
+    stopped = None
     try:
-        for step in range(run.start, cfg.train.steps):
-            run.mark(f"step {step + 1}")
-            metrics = train_step(run, step)
-            done = step + 1
-            run.logger.log(done, metrics)
-            if done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps:
-                run.mark(f"the checkpoint of step {done}")
-                save_checkpoint(run, done)
-            if run.hook.due(done):
-                run.mark(f"the drift hook of step {done}")
-                run.hook(done, run.engines.generator.module, run.ema, run.logger)
+        with StopRequest() as stop:
+            for step in range(run.start, cfg.train.steps):
+                run.mark(f"step {step + 1}")
+                metrics = train_step(run, step)
+                done = step + 1
+                run.logger.log(done, metrics)
+                saved = done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps
+                if saved:
+                    run.mark(f"the checkpoint of step {done}")
+                    save_checkpoint(run, done)
+                if run.hook.due(done):
+                    run.mark(f"the drift hook of step {done}")
+                    run.hook(done, run.engines.generator.module, run.ema, run.logger)
+                if stop.agreed():
+                    if not saved:
+                        run.mark(f"the checkpoint of step {done} (stopping)")
+                        save_checkpoint(run, done)
+                    stopped = done
+                    break
     except Exception as err:
         failure = err if run.watchdog is None else run.watchdog.failure(err)
         if failure is err:
@@ -278,5 +360,4 @@ def train(cfg) -> dict:
     latest = checkpoint.latest(run.run_dir)
     return {"run_dir": str(run.run_dir), "objective": cfg.objective.name, "start_step": run.start,
             "steps": cfg.train.steps, "world_size": dist.world_size(), "metrics": metrics,
-            "checkpoint": str(latest) if latest else None}
-
+            "checkpoint": str(latest) if latest else None, "interrupted": stopped}
