@@ -12,14 +12,13 @@ Euler jump ``x - (t - s) v(x, t)`` (and 64 / 4 / 2 equal Euler steps from t to s
 """
 from __future__ import annotations
 
-import argparse
-import platform
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tools.zoo_common import harness_parser, write_page  # noqa: E402
 from vidforce.toy import metrics  # noqa: E402
 from vidforce.toy.flowmap_train import (OBJECTIVES, FlowMapConfig, map_fn, sample, student_init,  # noqa: E402
                                         train_student)
@@ -87,28 +86,11 @@ def verdict(res: dict, objectives) -> list[str]:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--teacher-steps", type=int, default=4000)
-    p.add_argument("--n", type=int, default=4000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--objectives", nargs="+", default=list(OBJECTIVES))
-    p.add_argument("--out", default="docs/results/zoo_flowmap.md")
-    args = p.parse_args()
+    args = harness_parser(__doc__, OBJECTIVES, "docs/results/zoo_flowmap.md").parse_args()
     table, res = rows(args)
-    floor = metrics.data_floor(GMM.ring(), args.n)
-    text = "\n".join([
-        "| objective | steps | SW2 to data | init map err t->s | map err t->s | train s |",
-        "|---|---|---|---|---|---|", *table, "",
-        f"Data-vs-data SW2 floor at n={args.n}: {floor:.4f}.", "", *verdict(res, args.objectives)])
-    print(text)
-    if args.out:
-        cmd = "python tools/zoo_flowmap_table.py " + " ".join(sys.argv[1:])
-        machine = f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(f"# Flow-map objectives on the ground-truth harness\n\n`{cmd}`\n\n"
-                                  f"Machine: {machine}; seed {args.seed}; data GMM.ring() (8 modes, radius 1.5, "
-                                  f"std 0.2, 2-D).\n\n{text}\n")
+    write_page(args, "Flow-map objectives on the ground-truth harness", "zoo_flowmap_table.py",
+               "| objective | steps | SW2 to data | init map err t->s | map err t->s | train s |", table,
+               verdict(res, args.objectives))
     return 0
 
 

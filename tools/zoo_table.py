@@ -8,14 +8,13 @@ flow-map error: RMS per coordinate against the oracle RK4 map (t -> 0 for every 
 """
 from __future__ import annotations
 
-import argparse
-import platform
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tools.zoo_common import harness_parser, write_page  # noqa: E402
 from vidforce.config import ObjectiveConfig  # noqa: E402
 from vidforce.toy import metrics  # noqa: E402
 from vidforce.toy.gmm import GMM  # noqa: E402
@@ -80,28 +79,11 @@ def verdict(dist: dict, objectives) -> list[str]:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--teacher-steps", type=int, default=4000)
-    p.add_argument("--n", type=int, default=4000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--objectives", nargs="+", default=list(OBJECTIVES))
-    p.add_argument("--out", default="docs/results/zoo.md")
-    args = p.parse_args()
+    args = harness_parser(__doc__, OBJECTIVES, "docs/results/zoo.md").parse_args()
     table, dist = rows(args)
-    floor = metrics.data_floor(GMM.ring(), args.n)
-    text = "\n".join([
-        "| objective | steps | SW2 to data | map err t->0 | map err t->s | train s |",
-        "|---|---|---|---|---|---|", *table, "",
-        f"Data-vs-data SW2 floor at n={args.n}: {floor:.4f}.", "", *verdict(dist, args.objectives)])
-    print(text)
-    if args.out:
-        cmd = "python tools/zoo_table.py " + " ".join(sys.argv[1:])
-        machine = f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(f"# Objective zoo on the ground-truth harness\n\n`{cmd}`\n\nMachine: {machine}; "
-                                  f"seed {args.seed}; data GMM.ring() (8 modes, radius 1.5, std 0.2, 2-D).\n\n"
-                                  f"{text}\n")
+    write_page(args, "Objective zoo on the ground-truth harness", "zoo_table.py",
+               "| objective | steps | SW2 to data | map err t->0 | map err t->s | train s |", table,
+               verdict(dist, args.objectives))
     return 0
 
 
