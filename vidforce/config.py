@@ -131,21 +131,18 @@ class TeacherForcingConfig(FlowLossConfig):
 
 
 @dataclass
-class CDConfig:
-    """Consistency distillation / training: a Karras-like sigma grid with iCT's N curriculum."""
+class CTConfig:
+    """Consistency training: a Karras-like sigma grid with iCT's N curriculum."""
     rho: float = 2.0                # grid s_i = (i / N)^rho
     n_start: int = 10               # curriculum: N from n_start, doubling, up to n_end over train.steps
-    n_end: int = 1280
-    solver: str = "heun"            # teacher ODE step (CD only): euler | heun
+    n_end: int = 1280               # the curriculum's last N
     huber_c: float = 0.03           # pseudo-Huber constant
 
 
 @dataclass
-class CTConfig:
-    rho: float = 2.0
-    n_start: int = 10
-    n_end: int = 1280
-    huber_c: float = 0.03
+class CDConfig(CTConfig):
+    """Consistency distillation: CT's grid and curriculum, and a teacher ODE step between grid points."""
+    solver: str = "heun"            # teacher ODE step: euler | heun
 
 
 @dataclass
