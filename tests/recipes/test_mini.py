@@ -76,6 +76,16 @@ def test_stage_without_its_inputs_names_them(tmp_path):
         mini.run_stage(run, "ode_pairs")
 
 
+def test_interrupted_training_stage_is_not_marked_done(tmp_path, monkeypatch, capsys):
+    import vidforce.train.trainer as trainer
+    monkeypatch.setattr(trainer, "train", lambda cfg: {"interrupted": 7, "checkpoint": "ckpt-7", "metrics": {}})
+    assert mini.main_mini(True, "cpu", str(tmp_path), "world,teacher") == 130
+    assert mini.load_mini(True, "cpu", tmp_path).done("world")
+    assert not (tmp_path / "teacher" / "done.json").exists()
+    assert not (tmp_path / "teacher" / "model").exists()
+    assert "stopped at step 7" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_smoke_recipe_end_to_end(tmp_path, capsys):
     assert mini.main_mini(smoke=True, device="cpu", out=str(tmp_path), stages="all") == 0

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -63,6 +64,10 @@ NEEDS = {"world": (), "ode_pairs": ("teacher",), "evaluate": tuple(TRAINED),
          **{s: ("world",) + tuple(dict.fromkeys(src for _, src in deps)) for s, deps in TRAINED.items()}}
 ARTIFACTS = {"world": "world_spec.json", "ode_pairs": "pairs.safetensors", "evaluate": "results.json",
              **{s: "model" for s in TRAINED}}
+
+
+class StageInterrupted(Exception):
+    """A signal stopped a training stage: its checkpoint is saved, its ``done.json`` is not written."""
 
 
 @dataclass(frozen=True)
@@ -152,6 +157,9 @@ def run_training(mini: Mini, stage: str) -> dict:
     from vidforce.train.trainer import train  # noqa: PLC0415
     cfg = stage_config(mini, stage)
     summary = train(cfg)
+    if summary["interrupted"] is not None:
+        raise StageInterrupted(f"stage {stage} stopped at step {summary['interrupted']} of {cfg.train.steps} "
+                               f"(checkpoint {summary['checkpoint']}); rerun the same command to resume it")
     export_generator(cfg.train.run_dir, mini.artifact(stage) / "model.safetensors", ema=True, dtype=torch.bfloat16,
                      max_shard_bytes=SHARD_BYTES)
     return {"steps": cfg.train.steps, "batch_size": cfg.train.batch_size, "metrics": summary["metrics"]}
@@ -323,7 +331,11 @@ def main_mini(smoke: bool, device: str, out: str, stages: str) -> int:
             print(f"[mini] {stage}: done already ({mini.dir(stage) / 'done.json'}), skipped")
             continue
         print(f"[mini] {stage}: running")
-        record = run_stage(mini, stage)
+        try:
+            record = run_stage(mini, stage)
+        except StageInterrupted as stop:
+            print(f"[mini] {stop}", file=sys.stderr, flush=True)
+            return 130
         print(f"[mini] {stage}: finished in {record['seconds']} s -> {record['artifact']}")
     if mini.done("evaluate"):
         print((mini.dir("evaluate") / "table.md").read_text())
