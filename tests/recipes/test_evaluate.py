@@ -276,3 +276,28 @@ def test_evaluate_without_fingerprint_always_generates_and_caches_nothing(tmp_pa
     for _ in range(2):
         ev.evaluate({"truth": (sample, 1)}, codec, setup, tmp_path)
     assert calls[0] == 2 and not (tmp_path / "videos").exists()
+
+
+def test_prepare_fills_the_caches_that_evaluate_reuses(tmp_path, monkeypatch, capsys):
+    """A device run prepares some models (videos and probe), the full evaluation elsewhere loads them."""
+    setup, codec = _setup(multiples=(1,)), PixelCodec(2)
+    monkeypatch.setattr(ev, "data_videos", _truth_videos)
+    sample, calls = _counting(_truth_sampler(setup, codec))
+    made = [0]
+
+    def probe(prompts):
+        made[0] += 1
+        return _fake_probe(setup, codec, 2.0 ** -0.5)(prompts)
+    prints = {"truth": "weights-a", "data": "world-a"}
+    summaries = ev.prepare({"truth": (sample, 1)}, codec, setup, tmp_path, fingerprints=prints,
+                           probes={"truth": probe}, probe_chunk=2, probe_chunks=8)
+    assert sorted(summaries) == ["data", "truth"] and summaries["truth"]["horizons"]["1x"]["count_accuracy"] > 0.9
+    assert not (tmp_path / "table.md").exists()                        # no report from a part
+    results = ev.evaluate({"truth": (sample, 1)}, codec, setup, tmp_path, fingerprints=prints,
+                          probes={"truth": probe}, probe_chunk=2, probe_chunks=8)
+    assert calls[0] == 1 and made[0] == 1                              # both loaded from the caches
+    assert results["probe"]["models"]["truth"]["hue_shift"]["mean"] == pytest.approx(2.0, abs=1e-4)
+    assert "probe loaded from" in capsys.readouterr().out
+    ev.evaluate({"truth": (sample, 1)}, codec, setup, tmp_path, fingerprints=prints, probes={"truth": probe},
+                probe_chunk=3, probe_chunks=8)                         # another probe setting: rerun
+    assert made[0] == 2

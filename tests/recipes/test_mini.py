@@ -76,6 +76,16 @@ def test_stage_without_its_inputs_names_them(tmp_path):
         mini.run_stage(run, "ode_pairs")
 
 
+def test_models_option_names_unknown_models_missing_stages_and_other_stages(tmp_path):
+    with pytest.raises(ValueError, match=r"--models: unknown model\(s\) \['nope'\]"):
+        mini.main_mini(True, "cpu", str(tmp_path), "evaluate", "teacher,nope")
+    with pytest.raises(ValueError, match="use it with --stages evaluate"):
+        mini.main_mini(True, "cpu", str(tmp_path), "teacher", "teacher")
+    with pytest.raises(FileNotFoundError, match=r"needs finished stage\(s\) \['teacher_forcing', 'world'\]"):
+        mini.main_mini(True, "cpu", str(tmp_path), "evaluate", "teacher_forcing_cfg")
+    assert mini.model_stage("teacher_forcing_cfg") == "teacher_forcing" and mini.model_stage("tf_dmd") == "tf_dmd"
+
+
 def test_interrupted_training_stage_is_not_marked_done(tmp_path, monkeypatch, capsys):
     import vidforce.train.trainer as trainer
     monkeypatch.setattr(trainer, "train", lambda cfg: {"interrupted": 7, "checkpoint": "ckpt-7", "metrics": {}})
@@ -88,7 +98,16 @@ def test_interrupted_training_stage_is_not_marked_done(tmp_path, monkeypatch, ca
 
 @pytest.mark.slow
 def test_smoke_recipe_end_to_end(tmp_path, capsys):
+    stages = ",".join(s for s in mini.STAGES if s != "evaluate")
+    assert mini.main_mini(smoke=True, device="cpu", out=str(tmp_path), stages=stages) == 0
+    assert mini.main_mini(True, "cpu", str(tmp_path), "evaluate", "teacher,teacher_forcing_cfg") == 0  # a part
+    assert "teacher_forcing_cfg @1x: count_accuracy" in capsys.readouterr().out
+    assert not (tmp_path / "results" / "probes").exists()                  # a guided baseline has no probe
+    assert sorted(p.stem for p in (tmp_path / "results" / "videos").iterdir()) == \
+        ["data", "teacher", "teacher_forcing_cfg"]
     assert mini.main_mini(smoke=True, device="cpu", out=str(tmp_path), stages="all") == 0
+    out = capsys.readouterr().out
+    assert out.count("videos loaded from") == 3                            # the part's caches reused
     run = mini.load_mini(True, "cpu", tmp_path)
     for stage in mini.STAGES:
         done = json.loads((run.dir(stage) / "done.json").read_text())
@@ -113,7 +132,7 @@ def test_smoke_recipe_end_to_end(tmp_path, capsys):
         assert video.shape[1:] == (128, 128, 3) and video.shape[0] >= 6
         assert f"mp4/{model}.mp4" in overview
     assert "vidforce generate --config" in overview
-    assert str(results / "README.md") in capsys.readouterr().out
+    assert str(results / "README.md") in out
 
 
 def test_teacher_sampling_without_a_teacher_names_the_file(tmp_path, capsys):

@@ -28,6 +28,7 @@ and the error-injection probe (:mod:`vidforce.recipes.probing`) are written unde
 """
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from dataclasses import asdict, dataclass
@@ -293,33 +294,52 @@ def _check_inputs(samplers, codec, setup: EvalSetup, registered, fingerprints, p
         raise ValueError(f"evaluate.probe_chunk: {probe_chunk} outside the {probe_chunks} chunks of the probe")
 
 
-def _probe(probes: dict[str, ProbeFn], codec, setup: EvalSetup, device, inject_chunk: int, chunks: int) -> dict:
+def probe_key(fingerprint: str, setup: EvalSetup, inject_chunk: int, chunks: int) -> dict:
+    """What a model's probe result was made for: its fingerprint and the probe's scenes, noise and chunks."""
+    return {"fingerprint": fingerprint, "scenes": list(setup.seeds[:PROBE_SCENES]),
+            "noise_seed": setup.noise_seeds[0], "inject_chunk": inject_chunk, "chunks": chunks}
+
+
+def cached_probe(make: Callable[[], dict], path: Path, key: dict | None) -> dict:
+    """``make()``'s probe result through the JSON cache ``path`` (``{"key", "result"}``), as
+    :func:`cached_videos` does for videos (``key=None``: always made, never cached)."""
+    if key is None:
+        return make()
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        if stored.get("key") == key:
+            print(f"[evaluate] {path.stem}: probe loaded from {path}")
+            return stored["result"]
+        print(f"[evaluate] {path.stem}: {path} was made for another model or probe; rerunning")
+    result = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"key": key, "result": result}) + "\n")
+    os.replace(tmp, path)
+    return result
+
+
+def _probe(probes: dict[str, ProbeFn], codec, setup: EvalSetup, device, inject_chunk: int, chunks: int,
+           out: Path, fingerprints: dict[str, str]) -> dict:
     """The probe on the first ``PROBE_SCENES`` scenes (first noise seed): ``{scenes, noise_seed, inject_chunk,
-    chunks, models: {name: probing.probe_model's dict}}``."""
+    chunks, models: {name: probing.probe_model's dict}}``; a fingerprinted model's result is cached in
+    ``out/probes/<name>.json`` (:func:`cached_probe`)."""
     seeds = setup.seeds[:PROBE_SCENES]
     noise = scene_noise(seeds, setup.noise_seeds[:1], chunks * setup.chunk, setup.latent_shape, device)
-    models = run_probes(probes, codec, scene_prompts(setup)[:len(seeds)], noise, setup.spec, inject_chunk,
-                        setup.chunk)
+    prompts = scene_prompts(setup)[:len(seeds)]
+    models = {name: cached_probe(partial(run_probes, {name: make}, codec, prompts, noise, setup.spec, inject_chunk,
+                                         setup.chunk), out / "probes" / f"{name}.json",
+                                 probe_key(fingerprints[name], setup, inject_chunk, chunks)
+                                 if name in fingerprints else None)
+              for name, make in probes.items()}
     return {"scenes": list(seeds), "noise_seed": setup.noise_seeds[0], "inject_chunk": inject_chunk,
-            "chunks": chunks, "models": models}
+            "chunks": chunks, "models": {name: result[name] for name, result in models.items()}}
 
 
-def evaluate(samplers: dict[str, tuple[SampleFn, int]], codec, setup: EvalSetup, out: str | Path, device="cpu",
-             registered: list[dict] = (), fingerprints: dict[str, str] | None = None,
-             probes: dict[str, ProbeFn] | None = None, probe_chunk: int = 2, probe_chunks: int = 12) -> dict:
-    """Evaluate ``{name: (sample_fn, horizon multiple it rolls out to)}`` plus the data reference ``data``,
-    decide the ``registered`` entries (:func:`comparisons.decide`), run the error-injection probe of each
-    ``probes`` model (:func:`probing.probe_model`, chunk ``probe_chunk`` of ``probe_chunks``), write the report
-    under ``out`` and return ``{"setup", "models": {name: summary}, "decisions", "probe"}`` (``probe``: None
-    without probes).
-
-    ``fingerprints``: ``{name: string identifying the model's weights and sampler settings}`` (for ``data``:
-    the world). A fingerprinted model's videos are cached in ``out/videos/<name>.npz`` and reused while
-    fingerprint, scene and noise seeds and frame count all match (:func:`cached_videos`); a model without one
-    is generated on every call and not cached."""
-    fingerprints, probes = fingerprints or {}, probes or {}
-    _check_inputs(samplers, codec, setup, registered, fingerprints, probes, probe_chunk, probe_chunks)
-    out = Path(out)
+def model_videos(samplers: dict[str, tuple[SampleFn, int]], codec, setup: EvalSetup, out: Path, device,
+                 fingerprints: dict[str, str]) -> dict[str, list[np.ndarray]]:
+    """``{name: videos}`` of the data reference and every sampler, through the caches ``out/videos/<name>.npz``
+    (:func:`cached_videos`; a model without a fingerprint is generated and not cached)."""
     longest = max(setup.multiples) * setup.horizon
     noise = scene_noise(setup.seeds, setup.noise_seeds, longest, setup.latent_shape, device)
 
@@ -333,9 +353,47 @@ def evaluate(samplers: dict[str, tuple[SampleFn, int]], codec, setup: EvalSetup,
         frames = multiple * setup.horizon
         make = partial(generate_videos, sample, codec, unit_prompts(setup), noise[:, :frames])
         videos[name] = cached(name, make, frames, setup.noise_seeds)
+    return videos
+
+
+def prepare(samplers: dict[str, tuple[SampleFn, int]], codec, setup: EvalSetup, out: str | Path, device="cpu",
+            fingerprints: dict[str, str] | None = None, probes: dict[str, ProbeFn] | None = None,
+            probe_chunk: int = 2, probe_chunks: int = 12) -> dict[str, dict]:
+    """Part of an evaluation: the videos and probe results of some models only, into the caches that
+    :func:`evaluate` reads (a device run evaluates the models whose weights it holds; the report is made
+    later where every cache lies). Returns ``{name: summarize_model(...)}`` of the data and these models
+    (their gates can be read at once)."""
+    fingerprints, probes = fingerprints or {}, probes or {}
+    _check_inputs(samplers, codec, setup, (), fingerprints, probes, probe_chunk, probe_chunks)
+    out = Path(out)
+    videos = model_videos(samplers, codec, setup, out, device, fingerprints)
+    if probes:
+        _probe(probes, codec, setup, device, probe_chunk, probe_chunks, out, fingerprints)
+    per_scene = {name: 1 if name == "data" else len(setup.noise_seeds) for name in videos}
+    return {name: summarize_model(v, setup, per_scene[name]) for name, v in videos.items()}
+
+
+def evaluate(samplers: dict[str, tuple[SampleFn, int]], codec, setup: EvalSetup, out: str | Path, device="cpu",
+             registered: list[dict] = (), fingerprints: dict[str, str] | None = None,
+             probes: dict[str, ProbeFn] | None = None, probe_chunk: int = 2, probe_chunks: int = 12) -> dict:
+    """Evaluate ``{name: (sample_fn, horizon multiple it rolls out to)}`` plus the data reference ``data``,
+    decide the ``registered`` entries (:func:`comparisons.decide`), run the error-injection probe of each
+    ``probes`` model (:func:`probing.probe_model`, chunk ``probe_chunk`` of ``probe_chunks``), write the report
+    under ``out`` and return ``{"setup", "models": {name: summary}, "decisions", "probe"}`` (``probe``: None
+    without probes).
+
+    ``fingerprints``: ``{name: string identifying the model's weights and sampler settings}`` (for ``data``:
+    the world). A fingerprinted model's videos are cached in ``out/videos/<name>.npz`` and reused while
+    fingerprint, scene and noise seeds and frame count all match (:func:`cached_videos`), its probe result in
+    ``out/probes/<name>.json`` (:func:`cached_probe`); a model without one is generated on every call and not
+    cached."""
+    fingerprints, probes = fingerprints or {}, probes or {}
+    _check_inputs(samplers, codec, setup, registered, fingerprints, probes, probe_chunk, probe_chunks)
+    out = Path(out)
+    videos = model_videos(samplers, codec, setup, out, device, fingerprints)
     per_scene = {name: 1 if name == "data" else len(setup.noise_seeds) for name in videos}   # videos a scene
     models = {name: summarize_model(v, setup, per_scene[name]) for name, v in videos.items()}
-    probe = _probe(probes, codec, setup, device, probe_chunk, probe_chunks) if probes else None
+    probe = _probe(probes, codec, setup, device, probe_chunk, probe_chunks, out, fingerprints) if probes else None
     meta = {**asdict(setup), "prompts": scene_prompts(setup)}
     results = {"setup": meta, "models": models, "decisions": decide(models, registered), "probe": probe}
     write_report(results, {name: v[::per_scene[name]] for name, v in videos.items()}, setup, out)

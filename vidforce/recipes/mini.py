@@ -184,8 +184,31 @@ def fingerprint(path: Path, **settings) -> str:
     return json.dumps({"file": path.name, "sha256": digest.hexdigest(), **settings}, sort_keys=True)
 
 
-def eval_samplers(mini: Mini, cfg, device) -> tuple[dict, dict[str, str], dict]:
-    """Every export loaded in fp32 with its sampler and the horizon multiple it is evaluated to
+def model_names() -> frozenset[str]:
+    """Every model the evaluation reports: the teacher, each causal stage and ``<stage>_cfg`` of each of
+    :data:`GUIDED_BASELINES`."""
+    return frozenset({*TRAINED, *(f"{s}_cfg" for s in GUIDED_BASELINES)})
+
+
+def model_stage(name: str) -> str:
+    """The stage whose export model ``name`` is (``teacher_forcing_cfg`` -> ``teacher_forcing``)."""
+    return name.removesuffix("_cfg") if name.endswith("_cfg") and name.removesuffix("_cfg") in GUIDED_BASELINES \
+        else name
+
+
+def parse_models(models: str) -> frozenset[str]:
+    """``--models a,b``: a non-empty subset of :func:`model_names`."""
+    wanted = frozenset(m.strip() for m in models.split(",") if m.strip())
+    unknown = sorted(wanted - model_names())
+    if unknown or not wanted:
+        raise ValueError(f"--models: unknown model(s) {unknown or models!r}; choose from "
+                         f"{', '.join(sorted(model_names()))}")
+    return wanted
+
+
+def eval_samplers(mini: Mini, cfg, device, names: frozenset[str] | None = None) -> tuple[dict, dict[str, str], dict]:
+    """Every export (of the models ``names``, default all: see :func:`model_names`) loaded in fp32 with its
+    sampler and the horizon multiple it is evaluated to
     (``{name: (sample_fn, multiple)}``), each one's :func:`fingerprint` and each causal model's injection
     probe (``{name: prompts -> run(noise, edit)}``, ``evaluate.ProbeFn``). The data-trained baselines are not
     distilled: each chunk is an Euler ODE of ``evaluate.euler_steps``, and (``<stage>_cfg``) a guided Euler ODE
@@ -197,26 +220,29 @@ def eval_samplers(mini: Mini, cfg, device) -> tuple[dict, dict[str, str], dict]:
     from vidforce.sampling import Guidance, Sampler, euler_grid  # noqa: PLC0415
     e, text = mini.recipe["evaluate"], components.text_encoder(cfg, device)
     sigmas = euler_grid(e["euler_steps"], cfg.schedule.shift)
-    teacher = build_teacher(cfg, device, torch.float32)
-    teacher_sigmas = euler_grid(e["teacher_euler_steps"], cfg.schedule.shift)
+    names = model_names() if names is None else names
     guidance, negative = Guidance.from_config(cfg.objective.guidance), cfg.data.negative_prompt
-    samplers = {"teacher": (ev.teacher_sampler(teacher, text, negative, teacher_sigmas, guidance), 1)}
-    prints = {"teacher": fingerprint(mini.artifact("teacher"), euler=teacher_sigmas, guidance=guidance.scale,
-                                     convention=guidance.convention, negative=negative, multiple=1)}
-    probes, longest = {}, max(e["multiples"])
-    for stage in (s for s in TRAINED if s != "teacher"):
+    samplers, prints, probes, longest = {}, {}, {}, max(e["multiples"])
+    if "teacher" in names:
+        teacher = build_teacher(cfg, device, torch.float32)
+        teacher_sigmas = euler_grid(e["teacher_euler_steps"], cfg.schedule.shift)
+        samplers["teacher"] = (ev.teacher_sampler(teacher, text, negative, teacher_sigmas, guidance), 1)
+        prints["teacher"] = fingerprint(mini.artifact("teacher"), euler=teacher_sigmas, guidance=guidance.scale,
+                                        convention=guidance.convention, negative=negative, multiple=1)
+    for stage in (s for s in TRAINED if s != "teacher" and {s, f"{s}_cfg"} & names):
         scfg = stage_config(mini, stage, (f"model.checkpoint={mini.artifact(stage)}",))
         model, steps = build_generator(scfg, device, torch.float32).eval(), Sampler.from_config(scfg.schedule)
-        if stage in EULER_BASELINES:
-            steps, settings = Sampler(sigmas, steps.context_sigma, "euler"), {"euler": sigmas}
-        else:
-            settings = {"sigmas": steps.sigmas}
-        samplers[stage] = (ev.causal_sampler(model, text, steps), longest)
-        prints[stage] = fingerprint(mini.artifact(stage), **settings, context_sigma=steps.context_sigma,
-                                    causal=asdict(scfg.causal), multiple=longest)
-        probes[stage] = (lambda prompts, model=model, steps=steps:
-                         rollout_run(model, model.text_kv(text.encode(prompts).to(device)), steps, steps.last))
-        if stage in GUIDED_BASELINES:             # also guided, with as many Euler steps as the students have
+        if stage in names:
+            if stage in EULER_BASELINES:
+                steps, settings = Sampler(sigmas, steps.context_sigma, "euler"), {"euler": sigmas}
+            else:
+                settings = {"sigmas": steps.sigmas}
+            samplers[stage] = (ev.causal_sampler(model, text, steps), longest)
+            prints[stage] = fingerprint(mini.artifact(stage), **settings, context_sigma=steps.context_sigma,
+                                        causal=asdict(scfg.causal), multiple=longest)
+            probes[stage] = (lambda prompts, model=model, steps=steps:
+                             rollout_run(model, model.text_kv(text.encode(prompts).to(device)), steps, steps.last))
+        if f"{stage}_cfg" in names:               # also guided, with as many Euler steps as the students have
             guided = Sampler(euler_grid(len(scfg.schedule.denoising_steps), cfg.schedule.shift),
                              steps.context_sigma, "euler", guidance)
             samplers[f"{stage}_cfg"] = (ev.causal_sampler(model, text, guided, negative), longest)
@@ -237,24 +263,55 @@ def eval_setup(mini: Mini, cfg, scenes: int):
                         e["strip_scenes"], e["strip_frames"])
 
 
-def run_evaluate(mini: Mini) -> dict:
-    """Roll out every export and write the report and the pre-registered decisions
-    (:func:`vidforce.recipes.evaluate.evaluate`) into ``OUT/results``; each model's videos are cached in
-    ``OUT/results/videos`` under its :func:`fingerprint`."""
-    from vidforce.recipes import evaluate as ev  # noqa: PLC0415
+def _evaluation(mini: Mini, names: frozenset[str] | None):
+    """What both evaluation entry points share: ``(recipe evaluate section, device, config, setup, samplers,
+    fingerprints with the data's, probes or None)`` for the models ``names`` (None: all)."""
     from vidforce.train.dist import pick_device  # noqa: PLC0415
     e, device = mini.recipe["evaluate"], pick_device(mini.device)
     cfg = stage_config(mini, "self_forcing")
     setup = eval_setup(mini, cfg, e["scenes"])
-    samplers, prints, probes = eval_samplers(mini, cfg, device)
+    samplers, prints, probes = eval_samplers(mini, cfg, device, names)
     prints["data"] = fingerprint(mini.artifact("world"), fps=setup.fps, seed=e["seed"], scenes=e["scenes"],
                                  noise_seeds=e["noise_seeds"])
-    probe = e["probe"]
+    return e, device, cfg, setup, samplers, prints, probes if e["probe"]["enabled"] else None
+
+
+def run_evaluate(mini: Mini) -> dict:
+    """Roll out every export and write the report and the pre-registered decisions
+    (:func:`vidforce.recipes.evaluate.evaluate`) into ``OUT/results``; each model's videos are cached in
+    ``OUT/results/videos`` (probe results in ``OUT/results/probes``) under its :func:`fingerprint`."""
+    from vidforce.recipes import evaluate as ev  # noqa: PLC0415
+    e, device, cfg, setup, samplers, prints, probes = _evaluation(mini, None)
     ev.evaluate(samplers, components.codec(cfg, device), setup, mini.dir("evaluate"), device,
-                list(mini.recipe["registered"]), prints, probes if probe["enabled"] else None,
-                probe["chunk"], probe["chunks"])
+                list(mini.recipe["registered"]), prints, probes, e["probe"]["chunk"], e["probe"]["chunks"])
     return {"models": sorted(samplers), "table": str(mini.dir("evaluate") / "table.md"),
             "decisions": str(mini.dir("evaluate") / "decisions.json"), "overview": str(write_overview(mini))}
+
+
+def prepare_models(mini: Mini, names: frozenset[str]) -> dict[str, dict]:
+    """Part of the evaluation (``vidforce mini --stages evaluate --models a,b``): the videos and probe results of
+    ``names`` into the caches of ``OUT/results`` (:func:`vidforce.recipes.evaluate.prepare`), no report and no
+    ``done.json``; a device run evaluates the exports it holds, the full evaluation later reuses every cache.
+    Returns each model's (and the data's) summary."""
+    from vidforce.recipes import evaluate as ev  # noqa: PLC0415
+    missing = sorted(({model_stage(n) for n in names} | {"world"}) - {s for s in STAGES if mini.done(s)})
+    if missing:
+        raise FileNotFoundError(f"--models {','.join(sorted(names))} needs finished stage(s) {missing} "
+                                f"(no done.json under {mini.out})")
+    e, device, cfg, setup, samplers, prints, probes = _evaluation(mini, names)
+    return ev.prepare(samplers, components.codec(cfg, device), setup, mini.dir("evaluate"), device, prints,
+                      probes, e["probe"]["chunk"], e["probe"]["chunks"])
+
+
+def summary_lines(summaries: dict[str, dict]) -> list[str]:
+    """One line per model and horizon: count accuracy and D (mean ± standard error over scenes)."""
+    lines = []
+    for name, summary in summaries.items():
+        for label, means in summary["horizons"].items():
+            se = summary["se"][label]
+            lines.append(f"{name} @{label}: count_accuracy {means['count_accuracy']:.3f} ± "
+                         f"{se['count_accuracy']:.3f}, D {means['D']:.3f} ± {se['D']:.3f}")
+    return lines
 
 
 SMOKE_LABEL = ("SMOKE RUN: toy models trained for a few steps on a CPU. Every number, verdict and video here is "
@@ -323,9 +380,18 @@ def run_stage(mini: Mini, stage: str) -> dict:
     return record
 
 
-def main_mini(smoke: bool, device: str, out: str, stages: str) -> int:
-    """``vidforce mini [--smoke] [--device auto|cpu|cuda] [--out DIR] [--stages a,b]``."""
+def main_mini(smoke: bool, device: str, out: str, stages: str, models: str | None = None) -> int:
+    """``vidforce mini [--smoke] [--device auto|cpu|cuda] [--out DIR] [--stages a,b] [--models a,b]``
+    (``--models``: with ``--stages evaluate`` only, :func:`prepare_models`)."""
     mini = load_mini(smoke, device, out)
+    if models is not None:
+        names = parse_models(models)
+        if parse_stages(stages) != ["evaluate"]:
+            raise ValueError(f"--models evaluates some models only: use it with --stages evaluate, not {stages!r}")
+        print("\n".join(summary_lines(prepare_models(mini, names))))
+        print(f"[mini] evaluate: caches of {', '.join(sorted(names))} in {mini.dir('evaluate')}; run --stages "
+              f"evaluate without --models for the report")
+        return 0
     for stage in parse_stages(stages):
         if mini.done(stage):
             print(f"[mini] {stage}: done already ({mini.dir(stage) / 'done.json'}), skipped")
