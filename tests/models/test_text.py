@@ -29,6 +29,16 @@ def test_tiny_encoder_is_deterministic_and_zero_padded():
     assert not torch.equal(out, TinyTextEncoder(dim=16, text_len=8, seed=1).encode(["A red ball!", "blue", ""]))
 
 
+def test_tiny_encoder_tells_counts_apart():
+    """Digits are words: the mini world's "2 balls" and "3 balls" must not share an embedding (they did when
+    only letters were words, and the ball-world teacher could not learn the count)."""
+    enc = TinyTextEncoder(dim=16, text_len=8)
+    assert enc.word_ids("3 balls") == [enc.word_ids("3")[0], enc.word_ids("balls")[0]]
+    two, three = enc.encode(["2 balls", "3 balls"])
+    assert not torch.equal(two, three)
+    torch.testing.assert_close(two[1], three[1])                   # the shared word "balls"
+
+
 def test_tiny_encoder_adds_a_sinusoidal_position_code():
     enc = TinyTextEncoder(dim=16, text_len=8)
     twice = enc.encode(["ball ball"])[0]

@@ -154,7 +154,8 @@ def _require_files(directory: Path, what: str, groups: list[tuple[str, ...]]) ->
 class TinyTextEncoder:
     """Frozen hashed-word encoder for the mini world: same prompt -> same embedding in any process.
 
-    Words are the lowercase letter runs of the prompt (at most `text_len`). Word i's embedding is
+    Words are the runs of lowercase letters and digits of the prompt (at most `text_len`): "3 balls" is the two
+    words "3" and "balls" (the mini world's prompts state a count). Word i's embedding is
     `table[bucket(word)] + pos[i]`: `table` is `[num_buckets, dim]` standard normal drawn from
     `seed`, `bucket` the first 8 bytes of sha1(word) mod `num_buckets`, `pos` the sinusoidal code
     `pos[i, 2k] = sin(i w_k)`, `pos[i, 2k+1] = cos(i w_k)`, `w_k = 10000^(-2k/dim)`. A prompt
@@ -172,7 +173,7 @@ class TinyTextEncoder:
 
     def word_ids(self, prompt: str) -> list[int]:
         """Bucket index of each word of `prompt`, truncated to `text_len` words."""
-        words = re.findall(r"[a-z]+", prompt.lower())[: self.text_len]
+        words = re.findall(r"[a-z0-9]+", prompt.lower())[: self.text_len]
         return [int.from_bytes(hashlib.sha1(w.encode()).digest()[:8], "big") % self.num_buckets for w in words]
 
     def encode_unpadded(self, prompts: list[str]) -> list[torch.Tensor]:
