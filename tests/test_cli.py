@@ -56,7 +56,7 @@ def test_top_level_help_lists_the_real_commands_in_plain_text(capsys):
         main(["--help"])
     text = capsys.readouterr().out
     assert stop.value.code == 0 and "bench" not in text and "``" not in text and "`" not in text
-    assert set(COMMANDS) == {"train", "generate", "drift", "export", "convert", "plot", "mini"}
+    assert set(COMMANDS) == {"train", "generate", "serve", "drift", "export", "convert", "plot", "mini"}
     assert all(name in text for name in COMMANDS)
 
 

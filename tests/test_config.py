@@ -99,6 +99,9 @@ def test_missing_yaml_names_the_file(tmp_path):
     (["model.dim=33"], "model.dim"),
     (["teacher.text_dim=8"], "teacher.text_dim"),
     (["notakeyvalue"], "notakeyvalue"),
+    (["objective.meanflow.fm_fraction=1.5"], "objective.meanflow.fm_fraction"),
+    (["objective.shortcut.levels=0"], "objective.shortcut.levels"),
+    (["objective.ctm.gamma=-0.1"], "objective.ctm.gamma"),
 ])
 def test_bad_values_name_the_field(overrides, field):
     with pytest.raises(ValueError, match=field.replace(".", r"\.").replace("[", r"\[")):

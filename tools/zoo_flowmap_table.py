@@ -19,9 +19,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tools.zoo_common import harness_parser, write_page  # noqa: E402
+from vidforce.config import ObjectiveConfig  # noqa: E402
 from vidforce.toy import metrics  # noqa: E402
-from vidforce.toy.flowmap_train import (OBJECTIVES, FlowMapConfig, map_fn, sample, student_init,  # noqa: E402
-                                        train_student)
+from vidforce.toy.flowmap_train import OBJECTIVES, map_fn, sample, student_init, train_student  # noqa: E402
 from vidforce.toy.gmm import GMM  # noqa: E402
 from vidforce.toy.train import HarnessConfig, euler_sample, flow_of, train_teacher  # noqa: E402
 
@@ -43,7 +43,7 @@ def _euler_map(teacher, x, t, s, steps):
 def rows(args) -> tuple[list[str], dict]:
     torch.manual_seed(args.seed)
     gmm, h = GMM.ring(), HarnessConfig(steps=args.steps, teacher_steps=args.teacher_steps, seed=args.seed)
-    f = FlowMapConfig()
+    ocfg = ObjectiveConfig()
     g = torch.Generator().manual_seed(args.seed + 10)
     data = gmm.sample(args.n, g).float()
     noise = torch.randn(args.n, gmm.dim, generator=g)
@@ -61,7 +61,7 @@ def rows(args) -> tuple[list[str], dict]:
             f"{t_time:.1f}" if steps == 1 else "")
     for name in args.objectives:
         init = metrics.flow_map_error(map_fn(student_init(gmm, h)), gmm)
-        net, secs = train_student(name, teacher, gmm, h, f)
+        net, secs = train_student(name, teacher, gmm, h, ocfg)
         err = metrics.flow_map_error(map_fn(net), gmm)
         res[(name, "init")], res[(name, "err")] = init, err
         for steps in (1, 2, 4):

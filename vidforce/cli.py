@@ -1,9 +1,9 @@
-"""``vidforce train|generate|drift|export|convert|plot|mini``: arguments are parsed and results printed here; the
+"""``vidforce train|generate|serve|drift|export|convert|plot|mini``: arguments are parsed and results printed here; the
 work is done by the library modules, which hold no argparse and no print.
 
 Rules every command keeps: an error is one line on stderr (``vidforce COMMAND: error: ...``, exit status 2),
 never a traceback; a missing parent directory of an output is created; Ctrl-C or SIGTERM ends ``train`` and
-``generate`` with what they have saved (exit status 130).
+``generate`` with what they have saved, and ``serve`` (exit status 130).
 """
 from __future__ import annotations
 
@@ -78,12 +78,45 @@ def _generate_parser(sub) -> None:
     g.add_argument("--prompt", default="", help="one prompt for the whole video")
     g.add_argument("--prompts-file", default="", help="txt / jsonl of prompts, spread evenly over the video")
     g.add_argument("--schedule", default="", help="prompt switches: '0:a cat;5:a dog' (seconds) or a JSON file")
+    g.add_argument("--prompts-live", default="", metavar="FILE",
+                   help="follow FILE ('-': stdin) while streaming: each line appended switches the prompt at the "
+                   "next chunk boundary (with one of --prompt, --prompts-file, --schedule for the start)")
+    g.add_argument("--image", default="", metavar="PATH", help=IMAGE_HELP)
     g.add_argument("--seconds", type=_positive, default=10.0, help="video length in seconds (default 10)")
     g.add_argument("--fps", type=_positive, default=None, help="output frame rate (default: the config's data.fps)")
     g.add_argument("--seed", type=_at_least(0), default=0, help="noise seed (default 0)")
     g.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks (CUDA; ~20%% faster on H100)")
     g.add_argument("--out", required=True, help="output .mp4 (a missing parent directory is created)")
     g.add_argument("overrides", nargs="*", help=OVERRIDES_HELP.format("causal.window=12"))
+
+
+IMAGE_HELP = ("start from this image (image-to-video): encoded by the codec and written into the cache as the "
+              "first frame; another size is scaled to cover the frame and centre-cropped")
+
+
+def _serve_parser(sub) -> None:
+    s = sub.add_parser("serve", help="stream to a web page with live prompt switching",
+                       description="Serve a web page that streams one video live from the model: a prompt box "
+                       "that switches the prompt at the next chunk boundary, start / pause / reset, FPS and latency, "
+                       "save as mp4. Every browser that opens the page sees the same stream. Binds to localhost "
+                       "unless --host says otherwise. Ctrl-C or SIGTERM stops the server.")
+    s.add_argument("--config", required=True, help="YAML config of the model (a rolling causal.window is needed)")
+    s.add_argument("--checkpoint", default="", help="generator weights, as for generate (default: the config's "
+                   "model.checkpoint)")
+    s.add_argument("--random-weights", action="store_true",
+                   help="stream from untrained weights (benchmarks); without it, no weights is an error")
+    s.add_argument("--prompt", default="", help="the prompt the page starts with (it can be edited there)")
+    s.add_argument("--image", default="", metavar="PATH", help=IMAGE_HELP + "; every stream starts from it")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only; "
+                   "0.0.0.0 lets every machine that reaches this one drive the model)")
+    s.add_argument("--port", type=_at_least(0), default=8000, help="port (default 8000; 0 picks a free one)")
+    s.add_argument("--fps", type=_positive, default=None, help="playback frame rate (default: the config's data.fps)")
+    s.add_argument("--pace", default="video", choices=["video", "max"],
+                   help="video (default): generate at most one chunk ahead of playback at --fps; max: send frames "
+                   "as fast as they are made (benchmarks)")
+    s.add_argument("--seed", type=_at_least(0), default=0, help="noise seed of every stream (default 0)")
+    s.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks (CUDA)")
+    s.add_argument("overrides", nargs="*", help=OVERRIDES_HELP.format("causal.window=12"))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -93,6 +126,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _train_parser(sub)
     _generate_parser(sub)
+    _serve_parser(sub)
     d = sub.add_parser("drift", help="drift curves of a video (JSON + PNG)",
                        description="Per-window drift metrics of a video: DIR/drift.json, DIR/drift.png and a table.")
     d.add_argument("video", help="the video file (mp4 or anything decord / imageio reads)")
@@ -122,14 +156,16 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to train and evaluate")
     m.add_argument("--out", default="runs/mini", help="output directory (default runs/mini; created if missing)")
     m.add_argument("--stages", default="all", help="comma-separated stages to run (default all)")
+    m.add_argument("--models", help="with --stages evaluate: only these models' videos and probes into the "
+                   "evaluation's caches, their summaries printed, no report (e.g. teacher,teacher_forcing)")
     return p
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The command line; ``key=value`` overrides of train / generate may also follow the flags."""
+    """The command line; ``key=value`` overrides of train / generate / serve may also follow the flags."""
     p = _parser()
     args, extra = p.parse_known_args(argv)
-    if args.command in ("train", "generate") and not any(e.startswith("-") for e in extra):
+    if args.command in ("train", "generate", "serve") and not any(e.startswith("-") for e in extra):
         args.overrides, extra = [*args.overrides, *extra], []
     if extra:
         prog = f"vidforce {args.command}"
@@ -168,6 +204,9 @@ def _dispatch(args) -> int:
     elif args.command == "generate":
         from vidforce.generate import run  # noqa: PLC0415
         return run(args)
+    elif args.command == "serve":
+        from vidforce.serve.command import run as run_serve  # noqa: PLC0415
+        return run_serve(args)
     elif args.command == "drift":
         return main_drift(args.video, args.out, args.window)
     elif args.command == "export":
@@ -180,7 +219,7 @@ def _dispatch(args) -> int:
         return 0
     elif args.command == "mini":
         from vidforce.recipes.mini import main_mini  # noqa: PLC0415
-        return main_mini(args.smoke, args.device, args.out, args.stages)
+        return main_mini(args.smoke, args.device, args.out, args.stages, args.models)
     else:
         raise ValueError(f"unknown command {args.command!r}")
 

@@ -29,8 +29,14 @@ def codec(cfg, device: torch.device | str = "cpu", dtype: torch.dtype = torch.fl
         if not cfg.codec.path:
             raise ValueError("codec.kind=wan_vae needs codec.path (Wan2.1_VAE.pth)")
         out = WanVAE.from_checkpoint(cfg.codec.path, device=device, dtype=dtype)
+        out.set_decode_layout(cfg.codec.decode_buffers, cfg.codec.channels_last)
+    elif kind == "taehv":
+        from vidforce.models.codecs.taehv import TAEHV  # noqa: PLC0415
+        if not cfg.codec.path:
+            raise ValueError("codec.kind=taehv needs codec.path (taew2_1.pth)")
+        out = TAEHV.from_checkpoint(cfg.codec.path, device=device, dtype=dtype)
     else:
-        raise ValueError(f"codec.kind must be pixel or wan_vae, got {kind!r}")
+        raise ValueError(f"codec.kind must be pixel, wan_vae or taehv, got {kind!r}")
     if out.latent_channels != cfg.model.in_dim:
         raise ValueError(f"codec.{kind} gives {out.latent_channels} latent channels but model.in_dim is "
                          f"{cfg.model.in_dim}")

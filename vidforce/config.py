@@ -49,6 +49,8 @@ class ModelConfig:
     rope_max_len: int = 1024        # frames of the RoPE table (absolute RoPE's longest video)
     checkpoint: str = ""            # weights to load (Wan original / diffusers / Self-Forcing .pt / ours)
     checkpoint_key: str = "auto"    # for training checkpoints: generator | generator_ema | critic | auto
+    time_to: bool = False           # second time input t_to of a flow map (ctm, meanflow, shortcut,
+                                    # flowmap_semigroup): a zero-initialised embedding of t - t_to
 
 
 @dataclass
@@ -178,11 +180,79 @@ class CTMConfig:
 
 
 @dataclass
+class MeanFlowConfig:
+    """MeanFlow: ``(t, r)`` two sorted uniform draws, with ``r = t`` (flow matching) on a share of samples."""
+    fm_fraction: float = 0.75       # share of samples with r = t (the paper's 25% with r != t)
+
+
+@dataclass
+class ShortcutConfig:
+    """Shortcut models: flow matching at d = 0 and self-consistency at d = 2^-j on a share of samples."""
+    fraction: float = 0.25          # share of samples on self-consistency (the paper's 1/4 of the batch)
+    levels: int = 7                 # d in {1/2, ..., 2^-levels}
+
+
+@dataclass
+class SemigroupConfig:
+    """Flow-map self-distillation by the semigroup condition, anchored to the teacher on the diagonal."""
+    diag_weight: float = 1.0        # weight of || F(x, t, t) - v_teacher(x, t) ||^2
+
+
+@dataclass
+class DMD2Config:
+    """DMD2: DMD (no regression) + a GAN on a head over the critic's features (``objective.gan``), critic and
+    discriminator updated every step, the generator every ``gen_update_every`` (two time scales)."""
+    backward_simulation: bool = True  # exit-step inputs from the student's own earlier steps (the Self
+                                      # Forcing rollout) | false: real clips noised to the exit step's sigma
+
+
+@dataclass
+class ADDConfig:
+    """ADD: score distillation from the teacher + a hinge GAN whose heads read a frozen feature network (the
+    critic DiT on clean clips), R1 on real clips (finite difference at ``objective.gan.r_sigma``)."""
+    distill_weight: float = 2.5     # lambda of the score-distillation term (ADD's 2.5)
+    r1_weight: float = 1.0e-5       # R1 weight gamma on real clips (ADD's 1e-5)
+    feature_layers: list[int] = field(default_factory=list)  # blocks read by the heads (a head after block n,
+                                    # 1-based); empty: every block
+    backward_simulation: bool = False  # student inputs from its own earlier steps | false: real clips noised
+                                       # to the exit step's sigma (ADD)
+
+
+@dataclass
+class LADDConfig:
+    """LADD: a hinge GAN whose heads read the frozen teacher's features at a sampled noise level; no
+    distillation loss. The critic must be the teacher's copy (``critic.preset: teacher``)."""
+    feature_layers: list[int] = field(default_factory=list)  # as objective.add.feature_layers
+    sigma_loc: float = 1.0          # discriminator noise level sigma = sigmoid(loc + scale z), z ~ N(0, 1): a
+                                    # logit-normal; loc > 0 favours high noise (LADD: global-structure feedback)
+    sigma_scale: float = 1.0        # scale of the logit-normal noise level
+    teacher_steps: int = 0          # 0: real clips (data.videos) | n > 0: synthetic clips from the teacher's
+                                    # n-step guided Euler ODE (data.prompts only)
+    backward_simulation: bool = False  # as objective.add.backward_simulation
+
+
+@dataclass
+class GRPOConfig:
+    """GRPO on few-step rollouts: ``group_size`` rollouts per prompt, group-normalised advantages, a clipped
+    ratio of the sampler's Gaussian transitions and a KL to the reference (the starting generator)."""
+    group_size: int = 4             # rollouts per prompt (>= 2)
+    reward: str = "motion"          # motion (optical-flow motion continuity) | drift (-D of the ball world)
+    jerk_weight: float = 1.0        # motion reward: mean flow magnitude - jerk_weight x mean jerk along tracks
+    clip: float = 1.0e-4            # ratio clip epsilon (Flow-GRPO's 1e-4 for per-element log-densities)
+    kl_weight: float = 0.04         # beta of the KL anchor to the reference (DeepSeekMath / Flow-GRPO 0.04)
+    adv_clip: float = 5.0           # advantages clipped to [-adv_clip, adv_clip] (Flow-GRPO's 5)
+    extended_dmd_weight: float = 0.0  # 0: GRPO alone | w > 0: every generator update adds w x the extended DMD
+                                      # loss, and the critic trains as extended DMD's
+
+
+@dataclass
 class ObjectiveConfig:
     """``name`` picks the objective; each objective with settings of its own has its section."""
     name: str = "dmd"               # dmd | extended_dmd | sid | gan | dmd_gan | ode_init | teacher_forcing |
                                     # diffusion_forcing | flow_matching (bidirectional teacher from data)
-                                    # | cd | ct | lcm (consistency, video plugins)
+                                    # | cd | ct | lcm (consistency, video plugins) | dmd2 | add | ladd
+                                    # (adversarial) | grpo (reward) | scm | ctm (consistency) | meanflow |
+                                    # shortcut | flowmap_semigroup (ctm and the flow maps need model.time_to)
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
     gen_update_every: int = 5       # objectives with a critic: the generator updates every n-th step
     sid: SiDConfig = field(default_factory=SiDConfig)
@@ -196,6 +266,13 @@ class ObjectiveConfig:
     lcm: LCMConfig = field(default_factory=LCMConfig)
     scm: SCMConfig = field(default_factory=SCMConfig)
     ctm: CTMConfig = field(default_factory=CTMConfig)
+    meanflow: MeanFlowConfig = field(default_factory=MeanFlowConfig)
+    shortcut: ShortcutConfig = field(default_factory=ShortcutConfig)
+    flowmap_semigroup: SemigroupConfig = field(default_factory=SemigroupConfig)
+    dmd2: DMD2Config = field(default_factory=DMD2Config)
+    add: ADDConfig = field(default_factory=ADDConfig)
+    ladd: LADDConfig = field(default_factory=LADDConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
 
 
 @dataclass
@@ -255,9 +332,25 @@ class TextConfig:
 
 @dataclass
 class CodecConfig:
-    kind: str = "pixel"             # pixel | wan_vae
-    path: str = ""                  # Wan2.1_VAE.pth for wan_vae
+    kind: str = "pixel"             # pixel | wan_vae | taehv (the light TAEHV decoder in WanVAE's latent space)
+    path: str = ""                  # Wan2.1_VAE.pth for wan_vae, taew2_1.pth for taehv
     spatial_factor: int = 2         # PixelCodec space-to-depth factor
+    decode_buffers: bool = False    # wan_vae: stream decoding keeps each causal conv's past frames in a preallocated
+                                    # padded buffer (no concatenation / padding copies; bit-identical)
+    channels_last: bool = False     # wan_vae: the decoder's convolutions in NDHWC (cuDNN's fast layout; equal to
+                                    # fp32 round-off)
+
+
+@dataclass
+class StreamConfig:
+    """Speed levers of streaming inference (``vidforce generate`` / ``serve``; tools/bench_stream.py measures
+    each); all keep the frames but ``fp8``."""
+    fused_refresh: bool = False     # run each chunk's clean-context refresh inside the next chunk's first forward
+                                    # (one forward fewer per chunk; sampling.stream_step)
+    cuda_graphs: bool = False       # replay the per-chunk DiT forward from CUDA graphs (models/graphs.py; needs a
+                                    # rolling causal.window)
+    fp8: str = "off"                # off | tensor | row: FP8 linear layers in the DiT blocks (torch._scaled_mm,
+                                    # per-tensor or per-row scales; changes the frames slightly: models/fp8.py)
 
 
 @dataclass
@@ -292,6 +385,7 @@ class VidforceConfig:
     data: DataConfig = field(default_factory=DataConfig)
     text: TextConfig = field(default_factory=TextConfig)
     codec: CodecConfig = field(default_factory=CodecConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
 
@@ -304,7 +398,9 @@ CHOICES: dict[str, tuple] = {
     "rollout.long_sampling": ("fixed", "uniform"),
     "rollout.window_sampling": ("uniform", "beta"),
     "objective.name": ("dmd", "sid", "gan", "dmd_gan", "ode_init", "teacher_forcing", "diffusion_forcing",
-                       "extended_dmd", "flow_matching", "cd", "ct", "lcm"),
+                       "extended_dmd", "flow_matching", "cd", "ct", "lcm", "scm", "ctm", "meanflow", "shortcut",
+                       "flowmap_semigroup", "dmd2", "add", "ladd", "grpo"),
+    "objective.grpo.reward": ("motion", "drift"),
     "objective.cd.solver": ("euler", "heun"),
     "objective.scm.tangent": ("normalize", "clip"),
     "objective.ctm.solver": ("euler", "heun"),
@@ -320,19 +416,25 @@ CHOICES: dict[str, tuple] = {
     "train.precision": ("bf16", "fp32"),
     "train.device": ("auto", "cpu", "cuda"),
     "text.encoder": ("tiny", "umt5", "cache"),
-    "codec.kind": ("pixel", "wan_vae"),
+    "codec.kind": ("pixel", "wan_vae", "taehv"),
+    "stream.fp8": ("off", "tensor", "row"),
     "logging.wandb_mode": ("offline", "online", "disabled"),
     "optim.lr_schedule": ("constant", "cosine"),
 }
 POSITIVE = ("objective.gan.r_sigma", "causal.frames_per_chunk", "rollout.num_frames", "objective.gen_update_every",
+            "objective.ctm.teacher_steps", "objective.shortcut.levels", "objective.scm.sigma_data", "objective.scm.norm_c",
             "train.steps", "train.batch_size", "train.grad_accum", "train.checkpoint_every", "train.keep_last", "train.log_every",
             "data.latent_height", "data.latent_width", "data.fps", "codec.spatial_factor", "train.dist_timeout_s",
-            "drift.window_seconds", "drift.horizon_multiple", "schedule.shift")
+            "drift.window_seconds", "drift.horizon_multiple", "schedule.shift", "objective.ladd.sigma_scale",
+            "objective.grpo.clip", "objective.grpo.adv_clip")
 NON_NEGATIVE = ("causal.window", "causal.sink", "rollout.grad_chunks", "rollout.long_frames", "optim.generator_lr",
+                "objective.scm.warmup_steps", "objective.ctm.dsm_weight", "objective.flowmap_semigroup.diag_weight",
                 "optim.critic_lr", "optim.weight_decay", "optim.grad_clip", "optim.ema_start",
                 "optim.warmup_steps", "data.clip_stride", "drift.every",
                 "objective.gan.r1_weight", "objective.gan.r2_weight", "objective.gan.weight", "schedule.context_noise",
-                "objective.teacher_forcing.context_noise")
+                "objective.teacher_forcing.context_noise", "objective.add.distill_weight", "objective.add.r1_weight",
+                "objective.ladd.teacher_steps", "objective.grpo.jerk_weight", "objective.grpo.kl_weight",
+                "objective.grpo.extended_dmd_weight")
 
 
 def _get(cfg: VidforceConfig, dotted: str) -> Any:
@@ -375,6 +477,15 @@ def validate(cfg: VidforceConfig) -> VidforceConfig:
     if not 0 <= cfg.objective.flow_matching.cfg_dropout <= 1:
         raise ValueError(f"objective.flow_matching.cfg_dropout must be in [0, 1], got "
                          f"{cfg.objective.flow_matching.cfg_dropout}")
+    for key in ("objective.meanflow.fm_fraction", "objective.shortcut.fraction", "objective.ctm.gamma"):
+        if not 0 <= _get(cfg, key) <= 1:
+            raise ValueError(f"{key} must be in [0, 1], got {_get(cfg, key)}")
+    if cfg.objective.grpo.group_size < 2:
+        raise ValueError(f"objective.grpo.group_size must be >= 2 (advantages are normalised within a group), "
+                         f"got {cfg.objective.grpo.group_size}")
+    for key in ("objective.add.feature_layers", "objective.ladd.feature_layers"):
+        if any(n < 1 for n in _get(cfg, key)):
+            raise ValueError(f"{key} counts blocks from 1, got {list(_get(cfg, key))}")
     if cfg.rollout.cache_grad == "exit_step" and cfg.train.activation_checkpointing:
         raise ValueError("rollout.cache_grad=exit_step keeps autograd history in the KV cache, which activation "
                          "recomputation would rewrite: set train.activation_checkpointing=false")
@@ -390,6 +501,9 @@ def validate(cfg: VidforceConfig) -> VidforceConfig:
                          f"({c.sink + c.frames_per_chunk})")
     if c.sink and not c.window:
         raise ValueError("causal.sink needs a rolling causal.window > 0")
+    if cfg.stream.cuda_graphs and not c.window:
+        raise ValueError("stream.cuda_graphs needs a rolling causal.window > 0 (with the whole video attended, every "
+                         "chunk has a shape of its own)")
     if not s.denoising_steps or any(not 0 < t <= 1000 for t in s.denoising_steps):
         raise ValueError(f"schedule.denoising_steps must be non-empty values in (0, 1000], "
                          f"got {list(s.denoising_steps)}")
@@ -501,4 +615,4 @@ def arch_of(m: ModelConfig):
     return WanArch(dim=m.dim, ffn_dim=m.ffn_dim, num_heads=m.num_heads, num_layers=m.num_layers,
                    text_dim=m.text_dim, freq_dim=m.freq_dim, in_dim=m.in_dim, out_dim=m.out_dim,
                    patch_size=tuple(m.patch_size), text_len=m.text_len, cross_attn_norm=m.cross_attn_norm,
-                   eps=m.eps, rope_max_len=m.rope_max_len)
+                   eps=m.eps, rope_max_len=m.rope_max_len, time_to=m.time_to)

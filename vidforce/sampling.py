@@ -11,6 +11,9 @@ Conventions (docs/architecture.md, Wan flow matching): ``x_t = (1 - s) x0 + s ep
 - :class:`Sampler` + :func:`denoise_chunk` / :func:`refresh_cache` / :func:`chunk_step` are the chunk
   sampler of the causal model on its KV cache (Self Forcing's few-step sampler with its stochastic exit
   step, or Euler per chunk), and the cache refresh that commits a chunk (training, streaming, re-cache).
+  :func:`stream_step` is ``chunk_step`` at inference with the refresh deferred (:class:`PendingRefresh`):
+  chunk c's refresh runs inside chunk c + 1's first forward, one forward over [context c, noisy c + 1] with
+  the block-causal rule -- the same cache and outputs, one forward fewer per chunk.
 
 Context convention (``schedule.context_noise``): the refresh pass writes the chunk's output re-noised with
 fresh noise to ``context_sigma``, ``x_c = (1 - s_c) x0 + s_c eps'`` at timestep ``T s_c`` (as Self
@@ -67,7 +70,9 @@ def timesteps(sigma: Tensor | float, like: Tensor) -> Tensor:
 
 
 def _sigma_tensor(sigma: Tensor | float, like: Tensor) -> Tensor:
-    return sigma if isinstance(sigma, Tensor) else torch.tensor(sigma, device=like.device)
+    """A scalar sigma as a 0-dim fp32 tensor on ``like``'s device, filled there (no host-to-device copy, which
+    would wait for the stream)."""
+    return sigma if isinstance(sigma, Tensor) else torch.full((), sigma, device=like.device)
 
 
 class Denoiser:
@@ -180,10 +185,27 @@ class Sampler:
         return len(self.sigmas) - 1 if self.solver == "few_step" else 0
 
 
-def chunk_denoiser(model, cache, start: int, text_kv, write: bool, guidance: Guidance = Guidance()) -> Denoiser:
+@dataclass(frozen=True)
+class PendingRefresh:
+    """A chunk's refresh not run yet: its input ``x [B, F, C, H, W]`` (:func:`context_input`), timesteps
+    ``t [B, F]`` and first frame ``start``; the next chunk's first forward writes it (:func:`stream_step`)."""
+    x: Tensor
+    t: Tensor
+    start: int
+
+
+def chunk_denoiser(model, cache, start: int, text_kv, write: bool, guidance: Guidance = Guidance(),
+                   pending: PendingRefresh | None = None) -> Denoiser:
     """The causal model's chunk call at frames ``[start, start + F)`` on ``cache`` as a :class:`Denoiser`.
     Guided: ``cache`` = (cond cache, uncond cache) and ``text_kv`` = (cond, uncond); each branch attends its
-    own cache, the context as written under its own prompt."""
+    own cache, the context as written under its own prompt. ``pending`` (unguided only): written first, in the
+    same forward."""
+    if pending is not None:
+        if not guidance.unguided or pending.start + pending.x.shape[1] != start:
+            raise ValueError(f"a pending refresh (frames from {pending.start}) fuses only into the unguided "
+                             f"forward of the chunk right after it, not one at frame {start}")
+        return Denoiser(partial(model.forward_chunk, cache=cache, start=start, write=write,
+                                pending=(pending.x, pending.t)), text_kv)
     if guidance.unguided:
         return Denoiser(partial(model.forward_chunk, cache=cache, start=start, write=write), text_kv)
     (cond_cache, uncond_cache), (cond_kv, uncond_kv) = cache, text_kv
@@ -192,15 +214,20 @@ def chunk_denoiser(model, cache, start: int, text_kv, write: bool, guidance: Gui
 
 
 def denoise_chunk(model, noise: Tensor, cache, start: int, text_kv, sampler: Sampler, exit_index: int,
-                  grad: bool, generator: torch.Generator | None = None) -> Tensor:
+                  grad: bool, generator: torch.Generator | None = None,
+                  pending: PendingRefresh | None = None) -> Tensor:
     """Sample one chunk from ``noise [B, F, C, H, W]`` at frames ``[start, start + F)``.
 
     ``few_step``: steps ``0 .. exit_index - 1`` run under ``no_grad`` (writing the chunk into the cache,
     overwritten each step); step ``exit_index`` runs with grad when ``grad`` (reading the cache only, or
     writing it with its history when ``cache.keep_grad``). ``euler``: the whole ODE, no grad. Returns the
-    chunk's x0 ``[B, F, C, H, W]``.
+    chunk's x0 ``[B, F, C, H, W]``. ``pending`` (few-step, no grad): the previous chunk's refresh, run inside
+    step 0. A flow-map generator (``model.arch.time_to``) takes each few-step x0 as its jump to 0,
+    ``x - s F(x, s, 0)`` (``sigma_to = 0``).
     """
     g = sampler.guidance
+    if pending is not None and (sampler.solver != "few_step" or grad):
+        raise ValueError("a pending refresh fuses only into a few-step chunk sampled without grad")
     if sampler.solver == "euler" or not g.unguided:
         if grad or exit_index != sampler.last:
             raise ValueError("the euler and the guided chunk samplers run every step without grad")
@@ -209,15 +236,24 @@ def denoise_chunk(model, noise: Tensor, cache, start: int, text_kv, sampler: Sam
             return euler(chunk_denoiser(model, cache, start, text_kv, True, g).flow, noise, sampler.sigmas)[0]
     if not 0 <= exit_index < len(sampler.sigmas):
         raise ValueError(f"exit step {exit_index} outside the {len(sampler.sigmas)}-step list")
-    x = noise
+    x, end = noise, (0.0 if model.arch.time_to else None)
     for i, s in enumerate(sampler.sigmas[: exit_index + 1]):
         if i == exit_index and grad:
-            return chunk_denoiser(model, cache, start, text_kv, write=cache.keep_grad).x0(x, s)
+            return chunk_denoiser(model, cache, start, text_kv, write=cache.keep_grad).x0(x, s, end)
         with torch.no_grad():
-            x0 = chunk_denoiser(model, cache, start, text_kv, True, g).x0(x, s)
+            x0 = chunk_denoiser(model, cache, start, text_kv, True, g, pending if i == 0 else None).x0(x, s, end)
             if i < exit_index:
-                x = renoise(x0, torch.tensor(sampler.sigmas[i + 1], device=x.device), generator)
+                x = renoise(x0, _sigma_tensor(sampler.sigmas[i + 1], x), generator)
     return x0
+
+
+def context_input(x0: Tensor, sampler: Sampler, generator: torch.Generator | None = None) -> Tensor:
+    """The refresh pass's input: ``x0 [B, F, C, H, W]`` detached, re-noised with fresh noise to ``context_sigma``
+    when it is > 0."""
+    x = x0.detach()
+    if sampler.context_sigma > 0:
+        x = renoise(x, _sigma_tensor(sampler.context_sigma, x), generator)
+    return x
 
 
 @torch.no_grad()
@@ -225,9 +261,7 @@ def refresh_cache(model, x0: Tensor, cache, start: int, text_kv, sampler: Sample
                   generator: torch.Generator | None = None) -> None:
     """Commit a chunk: write its output ``x0 [B, F, C, H, W]`` (re-noised to ``context_sigma``) into the cache
     (guided: into both caches, each under its own prompt)."""
-    x = x0.detach()
-    if sampler.context_sigma > 0:
-        x = renoise(x, torch.tensor(sampler.context_sigma, device=x.device), generator)
+    x = context_input(x0, sampler, generator)
     branches = [(cache, text_kv)] if sampler.guidance.unguided else list(zip(cache, text_kv))
     for branch_cache, branch_kv in branches:
         chunk_denoiser(model, branch_cache, start, branch_kv, write=True).flow(x, sampler.context_sigma)
@@ -243,3 +277,15 @@ def chunk_step(model, noise: Tensor, cache, start: int, text_kv, sampler: Sample
         x0 = edit(start, x0)
     refresh_cache(model, x0, cache, start, text_kv, sampler, generator)
     return x0
+
+
+@torch.no_grad()
+def stream_step(model, noise: Tensor, cache, start: int, text_kv, sampler: Sampler,
+                generator: torch.Generator | None, pending: PendingRefresh | None) -> tuple[Tensor, PendingRefresh]:
+    """:func:`chunk_step` of inference (unguided few-step, last exit, no grad) with the refresh deferred: runs
+    ``pending`` (the previous chunk's refresh) inside this chunk's first forward and returns this chunk's x0
+    ``[B, F, C, H, W]`` and refresh, pending. The refresh noise is drawn where ``chunk_step`` draws it, so a
+    stream of these equals a stream of ``chunk_step`` (cache and outputs) but for the last chunk's refresh."""
+    x0 = denoise_chunk(model, noise, cache, start, text_kv, sampler, sampler.last, False, generator, pending)
+    x = context_input(x0, sampler, generator)
+    return x0, PendingRefresh(x, timesteps(sampler.context_sigma, x), start)

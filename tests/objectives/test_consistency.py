@@ -86,6 +86,49 @@ def test_ctm_matching_vanishes_at_the_oracle(bump):
     assert (match.item() < 1e-5) if bump == 0.0 else (match.item() > 1e-3), match.item()
 
 
+@pytest.mark.parametrize("sd", [1.0, 0.5])
+def test_scm_tangent_is_meanflow_at_r_zero(sd):
+    """003: sCM is MeanFlow at r = 0. In flow-matching coordinates (``x_s = x_t / (cos t + sd sin t)``,
+    ``s = sd sin t / (cos t + sd sin t)``, ``ds/dt = sd / (cos t + sd sin t)^2``) the sCM tangent with r = 1 is
+    ``g = cos t df/dt = sd cos t / (cos t + sd sin t)^2 (u_tgt - u)``, ``u_tgt = v - s du/ds`` (MeanFlow's target
+    at r = 0 along the teacher's flow ``v``): a check of every cos / sin factor and of the tangent's sign."""
+    from vidforce.objectives.flowmap import meanflow_target
+    from vidforce.toy.nets import MLPDenoiser
+    torch.manual_seed(0)
+    gmm, flow = GMM.ring(), flow_of(MLPDenoiser(2, 32, 2).double())
+    g = torch.Generator().manual_seed(0)
+    x0, eps = gmm.sample(B, g), torch.randn(B, 2, generator=g, dtype=torch.float64)
+    t = torch.linspace(0.1, 1.45, B, dtype=torch.float64)
+    x = torch.cos(t)[:, None] * x0 + sd * torch.sin(t)[:, None] * eps
+    teacher = exact(gmm)
+    dxdt = sd * C.trig_flow_of_fm(teacher, sd)(x, t)
+    _, tangent = C.scm_tangent(C.trig_flow_of_fm(flow, sd), dxdt, x, t, 1.0, sd)
+    c, s = C.trig_scale(t, sd), C.fm_sigma_of_trig(t, sd)
+    x_s = x / c[:, None]
+    u, u_tgt = meanflow_target(lambda z, a, b: flow(z, a), x_s, torch.zeros_like(s), s, teacher(x_s, s))
+    torch.testing.assert_close(tangent, (sd * torch.cos(t) / c ** 2)[:, None] * (u_tgt - u), rtol=1e-9, atol=1e-10)
+    assert tangent.abs().max() > 0.1                        # an untrained flow is far from consistent
+
+
+@pytest.mark.parametrize("bump", [0.0, 0.5])
+def test_ctm_dsm_is_the_data_space_denoising_loss(bump):
+    """Data at one point m: paths are straight, the exact flow map's average flow is ``(x - m) / t`` for every end
+    time, and ``eps - x0`` is the exact flow. So the DSM term vanishes at the oracle, and with the bump
+    ``b t sin(3x)`` on the flow it is the data-space error ``E[(t * b t sin(3 x_t))^2]`` (Kim et al.'s
+    ``|| x0 - g(x_t, t, t) ||^2``, not the velocity-space ``|| v - (eps - x0) ||^2``)."""
+    m = torch.tensor([[0.7, -0.4]], dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    x0, eps = m.expand(B, 2), torch.randn(B, 2, generator=g, dtype=torch.float64)
+    t = torch.linspace(0.2, 1.0, B, dtype=torch.float64)
+
+    def f2(x, a, b):
+        return (x - m) / a[:, None] + bump * a[:, None] * torch.sin(3 * x)
+    _, dsm = C.ctm_loss(f2, f2, f2, lambda x, a: f2(x, a, a), x0, eps, t, t, t, teacher_steps=1, dsm_weight=1.0)
+    x = (1 - t)[:, None] * x0 + t[:, None] * eps
+    expected = ((t ** 2)[:, None] * bump * torch.sin(3 * x)).square().mean()
+    assert dsm.item() == pytest.approx(expected.item(), rel=1e-6, abs=1e-12)   # the loss is summed in fp32
+
+
 def test_trigflow_round_trips_to_flow_matching():
     t = torch.linspace(0.0, math.pi / 2, 11, dtype=torch.float64)
     for sd in (1.0, 0.5):

@@ -78,7 +78,7 @@ def _build(make: Callable[[], nn.Module], model_cfg: ModelConfig, field_name: st
     with _creating_on(device, dtype):
         model = make()
     if model_cfg.checkpoint:
-        load_into(model, model_cfg.checkpoint, model_cfg.checkpoint_key)
+        load_into(model, model_cfg.checkpoint, model_cfg.checkpoint_key, optional=WanModel.OPTIONAL_KEYS)
     return model
 
 

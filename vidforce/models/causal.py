@@ -5,12 +5,15 @@
   the same window + sink the KV cache keeps, so training can see exactly what inference sees. With
   ``clean`` frames (teacher forcing) the sequence is ``[clean; noisy]``: noisy chunk ``c`` attends to clean
   frames of earlier chunks and to itself.
-- **Per chunk** with a :class:`KVCache` (rollouts, streaming).
+- **Per chunk** with a :class:`KVCache` (rollouts, streaming); streaming may run a chunk's clean-context
+  refresh inside the next chunk's first forward (``pending``: :class:`ChunkSequencePlan`), the same numbers.
 Both give the same result on the same input (tests/models/test_causal.py).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -114,6 +117,13 @@ class BlockCausalPlan:
         return torch.cat(outs, dim=2)
 
 
+def to_device(index: Tensor, device) -> Tensor:
+    """A small CPU tensor on ``device``; on CUDA through pinned memory, so the copy does not wait for the stream
+    (a plain ``.to`` synchronises: the host could not queue a forward ahead of the GPU)."""
+    device = torch.device(device)
+    return index.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else index.to(device)
+
+
 class CachePlan:
     """Self-attention of one chunk ``[start, stop)`` against a :class:`KVCache`.
 
@@ -128,9 +138,12 @@ class CachePlan:
         if write and torch.is_grad_enabled() and not cache.keep_grad:
             raise RuntimeError("cache writes run under torch.no_grad(); use write=False for the step with grad")
         self.cache, self.write, self.backend = cache, write, backend
-        self.layout = cache.layout(start, stop, write)
-        self.q_angles = rope.angles(self.layout.query_pos.to(device), h, w)
-        self.k_angles = rope.angles(self.layout.key_pos.to(device), h, w) if cache.relative else None
+        layout = cache.layout(start, stop, write)
+        self.layout = dataclasses.replace(      # index tensors on the device once, not per layer
+            layout, write_slots=None if layout.write_slots is None else to_device(layout.write_slots, device),
+            read=layout.read if isinstance(layout.read, slice) else to_device(layout.read, device))
+        self.q_angles = rope.angles(to_device(layout.query_pos, device), h, w)
+        self.k_angles = rope.angles(to_device(layout.key_pos, device), h, w) if cache.relative else None
 
     def __call__(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         qc, qs = self.q_angles
@@ -145,6 +158,32 @@ class CachePlan:
             kc = torch.cat([kc, apply_rope(k, qc, qs) if self.cache.relative else k_own], dim=2)
             vc = torch.cat([vc, v], dim=2)
         return attend(q, kc.to(q.dtype), vc.to(q.dtype), self.backend)
+
+
+class ChunkSequencePlan:
+    """Self-attention of consecutive chunks in one forward, each chunk against the cache exactly as its own
+    forward would see it (one :class:`CachePlan` per chunk, built in order). Per layer the plans run in order on
+    their chunk's tokens, so a later chunk's write (which may evict the oldest frames of the ring) comes after
+    the earlier chunk has read them: the fused clean-context refresh (``sampling.PendingRefresh``)."""
+
+    def __init__(self, plans: list[CachePlan], tokens_per_frame: int):
+        self.plans = plans
+        self.sizes = [(p.layout.stop - p.layout.start) * tokens_per_frame for p in plans]
+
+    def __call__(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        parts = zip(self.plans, q.split(self.sizes, 2), k.split(self.sizes, 2), v.split(self.sizes, 2))
+        return torch.cat([plan(layer, qi, ki, vi) for plan, qi, ki, vi in parts], dim=2)
+
+
+class ChunkCall(NamedTuple):
+    """One per-chunk forward as :meth:`CausalWan.forward_chunk` runs it: input ``x [B, P + F, C, H, W]`` and
+    times ``t`` / ``t_to`` of the ``P`` pending frames then the chunk's, its attention ``plan``; the output's
+    first ``skip = P`` frames are dropped."""
+    x: Tensor
+    t: Tensor
+    t_to: Tensor | None
+    plan: CachePlan | ChunkSequencePlan
+    skip: int
 
 
 class CausalWan(WanModel):
@@ -169,24 +208,47 @@ class CausalWan(WanModel):
                        self.sink, device, dtype, self.relative, capacity=window + extra_capacity)
 
     def forward_chunk(self, x: Tensor, t: Tensor, cache: KVCache, start: int, write: bool,
-                      context: Tensor | None = None, text_kv=None) -> Tensor:
-        """Flow for one chunk ``x [B, F, C, H, W]`` at frames ``[start, start + F)``, ``t [B, F]``."""
+                      context: Tensor | None = None, text_kv=None, t_to: Tensor | None = None,
+                      pending: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """Flow for one chunk ``x [B, F, C, H, W]`` at frames ``[start, start + F)``, ``t [B, F]`` (``t_to``: the
+        second time of a flow map, ``WanModel.forward``). ``pending = (x_p [B, P, C, H, W], t_p [B, P])``: the
+        chunk just before, written to the cache in the same forward (its clean-context pass, fused); the output
+        covers ``x`` only."""
+        call = self.chunk_call(x, t, cache, start, write, t_to, pending)
+        return self(call.x, call.t, context, plan=call.plan, text_kv=text_kv, t_to=call.t_to)[:, call.skip:]
+
+    def chunk_call(self, x: Tensor, t: Tensor, cache: KVCache, start: int, write: bool, t_to: Tensor | None = None,
+                   pending: tuple[Tensor, Tensor] | None = None) -> ChunkCall:
+        """What :meth:`forward_chunk` runs (the CUDA-graph runner runs the same); commits the cache bookkeeping of
+        the pending chunk (a write at ``start - P``), then of the chunk."""
         _, h, w = self.grid(1, x.shape[3], x.shape[4])
-        plan = CachePlan(cache, self.rope, h, w, start, start + x.shape[1], write, x.device, self.attention)
-        return self(x, t, context, plan=plan, text_kv=text_kv)
+        plan = functools.partial(CachePlan, cache, self.rope, h, w, device=x.device, backend=self.attention)
+        if pending is None:
+            return ChunkCall(x, t, t_to, plan(start=start, stop=start + x.shape[1], write=write), 0)
+        xp, tp = pending
+        plans = [plan(start=start - xp.shape[1], stop=start, write=True),
+                 plan(start=start, stop=start + x.shape[1], write=write)]
+        if t_to is not None:
+            t_to = torch.cat([tp, t_to if t_to.dim() == 2 else t_to[:, None].expand_as(t)], dim=1)
+        return ChunkCall(torch.cat([xp, x], 1), torch.cat([tp, t], 1), t_to, ChunkSequencePlan(plans, h * w),
+                         xp.shape[1])
 
     def forward_full(self, x: Tensor, t: Tensor, context: Tensor | None = None, text_kv=None,
-                     clean: Tensor | None = None, clean_t: Tensor | None = None) -> Tensor:
-        """Block-causal flow for all frames of ``x [B, T, C, H, W]``, ``t [B, T]``.
+                     clean: Tensor | None = None, clean_t: Tensor | None = None,
+                     t_to: Tensor | None = None) -> Tensor:
+        """Block-causal flow for all frames of ``x [B, T, C, H, W]``, ``t [B, T]`` (``t_to``: the second time of a
+        flow map, ``WanModel.forward``).
 
         With ``clean [B, T, C, H, W]`` (at ``clean_t``), noisy chunks see clean earlier frames (teacher
-        forcing); the output covers the noisy frames only.
+        forcing; the clean frames' ``t_to`` is ``clean_t``); the output covers the noisy frames only.
         """
         frames = x.shape[1]
         _, h, w = self.grid(1, x.shape[3], x.shape[4])
         if clean is not None:
+            if t_to is not None:
+                t_to = torch.cat([clean_t, t_to if t_to.dim() == 2 else t_to[:, None].expand_as(t)], dim=1)
             x, t = torch.cat([clean, x], dim=1), torch.cat([clean_t, t], dim=1)
         plan = BlockCausalPlan(self.rope, frames, h, w, self.frames_per_chunk, self.window, self.sink,
                                self.relative, x.device, self.attention, self.full_sequence, clean is not None)
-        out = self(x, t, context, plan=plan, text_kv=text_kv)
+        out = self(x, t, context, plan=plan, text_kv=text_kv, t_to=t_to)
         return out[:, frames:] if clean is not None else out

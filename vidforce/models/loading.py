@@ -84,7 +84,7 @@ class CheckpointMismatchError(ValueError):
 
 
 class LoadReport(NamedTuple):
-    missing: list[str]          # model keys the checkpoint lacks (only with strict=False)
+    missing: list[str]          # model keys the checkpoint lacks (only with strict=False, or optional ones)
     unexpected: list[str]       # checkpoint keys the model lacks (only with strict=False)
 
 
@@ -334,15 +334,18 @@ def mismatch_error(source: str, expected: Mapping[str, tuple], found: Mapping[st
 
 
 def load_into(model: nn.Module, path: str | Path, checkpoint_key: str = "auto", strict: bool = True,
-              fmt: str = "auto") -> LoadReport:
+              fmt: str = "auto", optional: Iterable[str] = ()) -> LoadReport:
     """Copy a checkpoint into ``model`` in place, one tensor at a time (cast to each parameter's dtype/device).
 
     Shapes are checked from headers before any tensor is read. ``strict`` raises on missing or unexpected
-    keys; wrong shapes always raise. Returns the missing and unexpected keys.
+    keys, except the ``optional`` model keys a checkpoint may lack (they keep their initial values, e.g.
+    ``WanModel.OPTIONAL_KEYS``); wrong shapes always raise. Returns the missing and unexpected keys.
     """
     ckpt = Checkpoint(path, checkpoint_key, fmt)
     target = model.state_dict()
-    err = mismatch_error(ckpt.describe(), {k: tuple(v.shape) for k, v in target.items()}, ckpt.shapes, strict)
+    optional = set(optional) - set(ckpt.shapes)
+    expected = {k: tuple(v.shape) for k, v in target.items() if k not in optional}
+    err = mismatch_error(ckpt.describe(), expected, ckpt.shapes, strict)
     if err is not None:
         raise err
     with torch.no_grad():

@@ -4,6 +4,13 @@ Layout inside: latents ``[B, T, C, H, W]``; tokens ``[B, L, dim]`` with ``L = T'
 Per-frame timesteps ``t [B, T]`` give per-frame adaLN modulation, so one forward can hold a clean context
 and a noisy chunk. Self-attention is delegated to an *attention plan* (``plan(layer, q, k, v)``) that owns
 RoPE positions and masking: bidirectional here, block-causal or KV-cached in ``causal.py``.
+
+Second time (``WanArch.time_to``, config ``model.time_to``): a flow map ``F(x, t, t_to)`` (CTM, MeanFlow, Shortcut,
+the flow-map conditions; ``t_to <= t`` is the end time) adds ``time_to_embedding(emb(t - t_to))`` to the time
+embedding ``e``, before the block and head modulations. Its last linear layer starts at zero, so the model starts
+as the one-time DiT (a pretrained checkpoint loads without those keys: :attr:`WanModel.OPTIONAL_KEYS`); without
+``t_to`` the gap is 0 (``t_to = t``: the instantaneous flow). With ``time_to`` off the module, its parameter names
+and its outputs are those of the official DiT.
 """
 from __future__ import annotations
 
@@ -36,6 +43,7 @@ class WanArch:
     cross_attn_norm: bool
     eps: float
     rope_max_len: int
+    time_to: bool = False           # second time input t_to (flow maps)
 
     @property
     def head_dim(self) -> int:
@@ -171,8 +179,12 @@ class WanModel(nn.Module):
     """The Wan2.1 DiT. ``forward(x [B,T,C,H,W], t [B] or [B,T], context [B,Lc,text_dim]) -> flow [B,T,C,H,W]``.
 
     Parameter names follow the official checkpoints (``patch_embedding``, ``text_embedding.0``,
-    ``time_projection.1``, ``blocks.N.self_attn.q``, ``blocks.N.norm3``, ``head.modulation``, ...).
+    ``time_projection.1``, ``blocks.N.self_attn.q``, ``blocks.N.norm3``, ``head.modulation``, ...); with
+    ``arch.time_to`` also ``time_to_embedding.0`` / ``time_to_embedding.2`` (the second time, created last so the
+    other parameters draw the same initial values).
     """
+    OPTIONAL_KEYS = tuple(f"time_to_embedding.{i}.{wb}" for i in (0, 2) for wb in ("weight", "bias"))  # a one-time
+    # checkpoint lacks them: the model keeps their initial values (last layer zero: the checkpoint's function)
 
     def __init__(self, arch: WanArch, attention: str = "auto"):
         super().__init__()
@@ -186,6 +198,10 @@ class WanModel(nn.Module):
         self.head = Head(arch)
         self.rope = Rope(arch.head_dim, arch.rope_max_len)
         self.gradient_checkpointing = False
+        if arch.time_to:
+            self.time_to_embedding = nn.Sequential(nn.Linear(arch.freq_dim, d), nn.SiLU(), nn.Linear(d, d))
+            nn.init.zeros_(self.time_to_embedding[2].weight)
+            nn.init.zeros_(self.time_to_embedding[2].bias)
 
     def compile_blocks(self, **options) -> None:
         """``torch.compile`` the pure-tensor halves of every block (the attention plan stays eager)."""
@@ -214,30 +230,41 @@ class WanModel(nn.Module):
         ctx = self.text_embedding(context.to(self.text_embedding[0].weight.dtype))
         return [blk.cross_attn.kv_of(ctx) for blk in self.blocks]
 
-    def time_embed(self, t: Tensor, batch: int, frames: int) -> tuple[Tensor, Tensor]:
-        """``t [B] or [B, T]`` -> ``e [B, T', dim]`` and block modulation ``e0 [B, T', 6, dim]`` (fp32)."""
-        if t.dim() == 1:
-            t = t[:, None].expand(batch, frames * self.arch.patch_size[0])
-        t = t[:, :: self.arch.patch_size[0]]
+    def time_embed(self, t: Tensor, batch: int, frames: int, t_to: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``t [B] or [B, T]`` (and ``t_to`` alike, with ``arch.time_to``) -> ``e [B, T', dim]`` and block
+        modulation ``e0 [B, T', 6, dim]`` (fp32)."""
+        def per_token_frame(time: Tensor) -> Tensor:
+            if time.dim() == 1:
+                time = time[:, None].expand(batch, frames * self.arch.patch_size[0])
+            return time[:, :: self.arch.patch_size[0]].flatten()
+
+        t = per_token_frame(t)
         w = self.time_embedding[0].weight
-        e = self.time_embedding(sinusoidal_embedding(self.arch.freq_dim, t.flatten()).to(w.dtype))
+        e = self.time_embedding(sinusoidal_embedding(self.arch.freq_dim, t).to(w.dtype))
+        if self.arch.time_to:
+            gap = t - per_token_frame(t_to) if t_to is not None else torch.zeros_like(t)
+            e = e + self.time_to_embedding(sinusoidal_embedding(self.arch.freq_dim, gap).to(w.dtype))
+        elif t_to is not None:
+            raise ValueError("this DiT has one time input: set model.time_to=true for a second time t_to")
         e0 = self.time_projection(e).unflatten(-1, (6, self.arch.dim))
         return e.float().unflatten(0, (batch, frames)), e0.float().unflatten(0, (batch, frames))
 
     def forward(self, x: Tensor, t: Tensor, context: Tensor | None = None, plan: AttentionPlan | None = None,
-                text_kv: list[tuple[Tensor, Tensor]] | None = None, features_at: int | None = None):
+                text_kv: list[tuple[Tensor, Tensor]] | None = None, features_at: int | None = None,
+                t_to: Tensor | None = None):
         """Predict the flow ``v = eps - x0`` for latents ``x [B, T, C, H, W]`` at timesteps ``t [B, T]``.
 
         Either ``context`` (text embeddings ``[B, Lc <= text_len, text_dim]``, see :meth:`text_kv`) or precomputed
         ``text_kv`` is given. ``plan`` chooses the self-attention pattern (default: bidirectional over ``x``). With
         ``features_at = n`` it stops after ``n`` blocks and returns the tokens ``[B, L, dim]`` (discriminator
-        features) instead.
+        features) instead. ``t_to`` (``[B]`` or ``[B, T]``; needs ``arch.time_to``): the end time of a flow map,
+        whose output is then the average flow over ``[t_to, t]``.
         """
         b, f, _, hgt, wid = x.shape
         grid = self.grid(f, hgt, wid)
         tokens = self.patch_embedding(x.permute(0, 2, 1, 3, 4).to(self.patch_embedding.weight.dtype))
         tokens = tokens.flatten(2).transpose(1, 2)
-        e, e0 = self.time_embed(t, b, grid[0])
+        e, e0 = self.time_embed(t, b, grid[0], t_to)
         kv = text_kv if text_kv is not None else self.text_kv(context)
         plan = plan if plan is not None else BidirectionalPlan(self.rope, grid, x.device, self.attention)
         for i, blk in enumerate(self.blocks[:features_at]):

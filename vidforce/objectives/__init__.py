@@ -1,15 +1,22 @@
 """Training objectives (plugins). ``build(cfg)`` returns the one named by ``objective.name``."""
 from vidforce.objectives.base import Batch, Nets, Objective, StepContext
-from vidforce.objectives.consistency import CD, CT, LCM
+from vidforce.objectives.add import ADD
+from vidforce.objectives.consistency import CD, CT, CTM, LCM, SCM
 from vidforce.objectives.dmd import DMD
+from vidforce.objectives.dmd2 import DMD2
 from vidforce.objectives.extended_dmd import ExtendedDMD
 from vidforce.objectives.forcing import DiffusionForcing, FlowMatching, TeacherForcing
+from vidforce.objectives.flowmap import MeanFlow, Semigroup, Shortcut
 from vidforce.objectives.gan import DMDGAN, GAN
+from vidforce.objectives.grpo import GRPO
+from vidforce.objectives.ladd import LADD
 from vidforce.objectives.ode_init import ODEInit
 from vidforce.objectives.sid import SiD
 
 REGISTRY: dict[str, type[Objective]] = {o.name: o for o in (DMD, ExtendedDMD, SiD, GAN, DMDGAN, ODEInit, FlowMatching,
-                                                            DiffusionForcing, TeacherForcing, CD, CT, LCM)}
+                                                            DiffusionForcing, TeacherForcing, CD, CT, LCM, DMD2, ADD,
+                                                            LADD, GRPO,
+                                                            SCM, CTM, MeanFlow, Shortcut, Semigroup)}
 
 
 def build(cfg) -> Objective:

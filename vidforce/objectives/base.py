@@ -32,6 +32,7 @@ class Nets:
     generator: nn.Module
     critic: nn.Module | None = None
     teacher: nn.Module | None = None
+    reference: nn.Module | None = None   # a frozen copy of the generator as it started (GRPO's KL anchor)
 
 
 @dataclass
@@ -54,7 +55,7 @@ class Objective:
     """Base plugin: subclasses set ``networks`` / ``data``, wrap the critic in the heads they need
     (:meth:`critic_module`) and implement the losses they use."""
     name = ""
-    networks: tuple[str, ...] = ("generator",)   # of generator, critic, teacher
+    networks: tuple[str, ...] = ("generator",)   # of generator, critic, teacher, reference
     data = "prompts"                              # prompts | videos | ode_pairs
 
     def __init__(self, cfg):
@@ -105,14 +106,21 @@ def generate(ctx: StepContext, grad: bool) -> Tensor:
     """
     p, r = ctx.plan, ctx.cfg.rollout
     stop = p.window_start + r.num_frames
-    grad_from = p.window_start
-    if r.grad_chunks:
-        grad_from = max(grad_from, stop - r.grad_chunks * ctx.cfg.causal.frames_per_chunk)
     noise = ctx.noise(ctx.batch.cond.shape[0], p.num_frames, *ctx.latent_shape)
     with torch.set_grad_enabled(grad):
         kv = text_kv_of(ctx, "generator", "cond")
-        return rollout(ctx.nets.generator, noise, kv, ctx.sampler, p.exit_index, grad_from=grad_from,
+        return rollout(ctx.nets.generator, noise, kv, ctx.sampler, p.exit_index, grad_from=grad_start(ctx),
                        keep_from=p.window_start, stop=stop, generator=ctx.rng, cache_grad=r.cache_grad)
+
+
+def grad_start(ctx: StepContext) -> int:
+    """First frame of the window that keeps grad: the window's start, or with ``rollout.grad_chunks = n > 0`` the
+    start of its last ``n`` chunks."""
+    p, r = ctx.plan, ctx.cfg.rollout
+    stop = p.window_start + r.num_frames
+    if r.grad_chunks:
+        return max(p.window_start, stop - r.grad_chunks * ctx.cfg.causal.frames_per_chunk)
+    return p.window_start
 
 
 def noised(ctx: StepContext, x: Tensor, per_frame: bool = False) -> tuple[Tensor, Tensor, Tensor]:

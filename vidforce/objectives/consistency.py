@@ -9,8 +9,9 @@ holds exactly. CTM's ``G(x, t, s) = (s/t) x + (1 - s/t) g(x, t, s)`` with ``g = 
 A ``Flow`` is ``flow(x [B, ...], s [B] or [B, T]) -> v`` (``Denoiser(...).flow``); a ``Flow2`` also takes
 ``s_to``. Targets are ``sg(theta)`` networks (``theta^- = theta`` under ``no_grad``: iCT / sCM, no EMA).
 The video plugins run the causal student over the full sequence (block-causal) and the frozen bidirectional
-teacher, one sigma per sample; CTM needs a DiT with a second time input and sCM a JVP of the DiT, so neither
-has a video plugin here (see ``vidforce/toy`` for both on the ground-truth harness).
+teacher, one sigma per sample (:mod:`vidforce.objectives.clips`); CTM's student needs the DiT's second time
+input (``model.time_to``), sCM a JVP of the DiT (attention ``math`` or ``jvp``). The ground-truth harness
+(``vidforce/toy``) calls the same losses.
 """
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ import torch
 from torch import Tensor
 
 from vidforce.diffusion import add_noise, expand_sigma
+from vidforce.objectives import clips
 from vidforce.objectives.base import Objective, StepContext, text_kv_of
+from vidforce.objectives.flowmap import map_times
 from vidforce.sampling import Denoiser, Guidance
 
 Flow = Callable[[Tensor, Tensor], Tensor]
@@ -200,6 +203,20 @@ def scm_loss(student_trig: Callable, f_minus: Tensor, g: Tensor, x: Tensor, t: T
     return (student_trig(x, t).float() - f_minus.float() - g.float()).square().mean()
 
 
+def scm_distill_loss(student: Flow, target: Flow, teacher: Flow, x0: Tensor, eps: Tensor, t: Tensor, r: float,
+                     sigma_data: float = 1.0, tangent: str = "normalize", norm_c: float = 0.1) -> Tensor:
+    """Continuous-time consistency distillation (sCD) of flow-matching networks in TrigFlow:
+    ``x_t = cos t x0 + sin t sd eps`` (``t [B]`` in ``(0, pi/2)``), the teacher's ``dx_t/dt = sd F_teacher``, the
+    tangent of :func:`scm_tangent` on ``F^-`` (``target``) with warm-up ``r``, the loss of :func:`scm_loss`.
+    In flow-matching coordinates (r = 1) the tangent is MeanFlow's residual at ``r = 0`` (003):
+    ``g = sd cos t / (cos t + sd sin t)^2 (u_tgt - u)``, ``u`` the target's flow, ``u_tgt = v - s du/ds``."""
+    x = expand_sigma(torch.cos(t), x0) * x0 + expand_sigma(torch.sin(t) * sigma_data, x0) * eps
+    with torch.no_grad():
+        dxdt = sigma_data * trig_flow_of_fm(teacher, sigma_data)(x, t)
+    f_minus, g = scm_tangent(trig_flow_of_fm(target, sigma_data), dxdt, x, t, r, sigma_data)
+    return scm_loss(trig_flow_of_fm(student, sigma_data), f_minus, g, x, t, tangent, norm_c)
+
+
 # ---------------------------------------------------------------- CTM
 
 def ctm_loss(student: Flow2, target: Flow2, frozen_student: Flow2, teacher: Flow, x0: Tensor, eps: Tensor,
@@ -208,7 +225,9 @@ def ctm_loss(student: Flow2, target: Flow2, frozen_student: Flow2, teacher: Flow
     """CTM (Kim et al. 2024, eqs. 7-9): soft consistency matching and the DSM auxiliary loss, ``0 <= s <= u < t``:
     ``x^_u = ODE_teacher(x_t, t -> u)`` (``teacher_steps`` steps), ``L_CTM = || G_sg(G_theta(x_t, t, s), s, 0) -
     G_sg(G_sg(x^_u, u, s), s, 0) ||^2`` (compared in data space through the stop-grad network ``frozen_student``),
-    ``L_DSM = || v_theta(x_t, t, t) - (eps - x0) ||^2``. Returns ``(L_CTM + dsm_weight L_DSM, L_DSM)``."""
+    ``L_DSM = || x0 - g_theta(x_t, t, t) ||^2`` with the denoiser ``g = x_t - t v_theta(x_t, t, t)``, i.e.
+    ``t^2 || v_theta(x_t, t, t) - (eps - x0) ||^2`` (data space, as ``L_CTM``: 001's ``L_DM`` with ``w(t) = t^2``).
+    Returns ``(L_CTM + dsm_weight L_DSM, L_DSM)``."""
     x = add_noise(x0, eps, t)
     zero = torch.zeros_like(s)
     with torch.no_grad():
@@ -220,7 +239,7 @@ def ctm_loss(student: Flow2, target: Flow2, frozen_student: Flow2, teacher: Flow
         tgt = flow_map(mid, target(mid, s, zero), s, zero)
     jump = flow_map(x, student(x, t, s), t, s)
     pred = flow_map(jump, frozen_student(jump, s, zero), s, zero)
-    dsm = (student(x, t, t).float() - (eps - x0).float()).square().mean()
+    dsm = (consistency_fn(x, student(x, t, t), t).float() - x0.float()).square().mean()
     return (pred.float() - tgt.float()).square().mean() + dsm_weight * dsm, dsm
 
 
@@ -248,7 +267,7 @@ def ctm_sample(flow2: Flow2, noise: Tensor, sigmas: tuple[float, ...], gamma: fl
     return x
 
 
-# ---------------------------------------------------------------- video plugins (CD, CT, LCM)
+# ---------------------------------------------------------------- video plugins (CD, CT, LCM, sCM, CTM)
 
 class _VideoConsistency(Objective):
     """Data clips ``x0 [B, T, C, H, W]``; one grid pair ``(s_{n+k}, s_n)`` per sample, the same for every frame.
@@ -275,17 +294,13 @@ class _VideoConsistency(Objective):
             return Denoiser(ctx.nets.teacher, text_kv_of(ctx, "teacher", which)).flow
 
     def generator_loss(self, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
-        if ctx.batch.latents is None:
-            raise ValueError(f"objective.name={self.name} trains on data: set data.videos")
-        x0 = ctx.batch.latents[:, : self.cfg.rollout.num_frames]
+        x0, eps = clips.data_clips(ctx)
         b, t = x0.shape[:2]
         n_int, rho, skip = self.grid()
         grid = karras_grid(n_int, rho).float()
         n = torch.randint(n_int - skip + 1, (b,), generator=ctx.rng, device=ctx.rng.device).cpu()
         s, s_prev = (grid[i].to(x0.device)[:, None].expand(b, t) for i in (n + skip, n))
-        eps = ctx.noise(*x0.shape).to(x0.dtype)
-        student = Denoiser(ctx.nets.generator.forward_full, text_kv_of(ctx, "generator", "cond")).flow
-        loss = self.loss(ctx, student, x0, eps, s, s_prev)
+        loss = self.loss(ctx, clips.generator_flow(ctx), x0, eps, s, s_prev)
         return loss, {f"{self.name}_loss": loss.item(), f"{self.name}_intervals": float(n_int)}
 
     def loss(self, ctx: StepContext, student: Flow, x0: Tensor, eps: Tensor, s: Tensor, s_prev: Tensor) -> Tensor:
@@ -322,3 +337,53 @@ class LCM(_VideoConsistency):
         uncond = None if guidance.unguided else self.teacher_flow(ctx, "uncond")
         return lcm_loss(student, student, self.teacher_flow(ctx, "cond"), uncond, guidance, x0, eps, s, s_prev,
                         self.cfg.objective.lcm.huber_c)
+
+
+class SCM(Objective):
+    """sCD on data clips: TrigFlow time ``t`` per sample from sCM's proposal, the teacher's ``dx/dt``, the tangent
+    of the generator's own stop-gradient copy (one ``torch.func.jvp`` through the block-causal DiT), tangent
+    warm-up over the generator's turns."""
+    name = "scm"
+    data = "videos"
+    networks = ("generator", "teacher")
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        clips.require_jvp_attention(cfg, self.name)
+        self.step = 0
+
+    def generator_turn(self, step: int) -> bool:
+        self.step = step
+        return True
+
+    def generator_loss(self, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
+        c = self.cfg.objective.scm
+        x0, eps = clips.data_clips(ctx)
+        clips.require_jvp_attention(self.cfg, self.name, x0.device)
+        t, = clips.on_device(x0, scm_time((x0.shape[0],), c.p_mean, c.p_std, c.sigma_data, ctx.rng, ctx.rng.device))
+        r = tangent_warmup(self.step, c.warmup_steps)
+        student = clips.generator_flow(ctx)
+        loss = scm_distill_loss(student, student, clips.teacher_flow(ctx), x0, eps, t, r, c.sigma_data, c.tangent,
+                                c.norm_c)
+        return loss, {"scm_loss": loss.item(), "scm_warmup": r}
+
+
+class CTM(Objective):
+    """CTM on data clips: ``(t, u, s)`` per sample (:func:`vidforce.objectives.flowmap.map_times`), the student
+    ``G_theta(x, t, s)`` through the generator's second time, ``G_sg`` the same network held, the teacher's ODE."""
+    name = "ctm"
+    data = "videos"
+    networks = ("generator", "teacher")
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        clips.require_time_to(cfg, self.name)
+
+    def generator_loss(self, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
+        c = self.cfg.objective.ctm
+        x0, eps = clips.data_clips(ctx)
+        t, u, s = clips.on_device(x0, *map_times(x0.shape[0], ctx.rng, ctx.rng.device))
+        student = clips.generator_flow(ctx)
+        loss, dsm = ctm_loss(student, student, clips.held_flow(ctx), clips.teacher_flow(ctx), x0, eps, t, u, s,
+                             c.teacher_steps, c.dsm_weight, c.solver)
+        return loss, {"ctm_loss": loss.item(), "ctm_dsm": dsm.item()}

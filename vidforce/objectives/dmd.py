@@ -37,6 +37,10 @@ class DMD(Objective):
     def generator_turn(self, step: int) -> bool:
         return step % self.cfg.objective.gen_update_every == 0
 
+    def student(self, ctx: StepContext, grad: bool) -> Tensor:
+        """The generated window the losses score: the self-rollout (:func:`objectives.base.generate`)."""
+        return generate(ctx, grad)
+
     def scores(self, ctx: StepContext, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``x_t`` at a DMD time, the teacher's guided x0 and the critic's x0 (``no_grad``)."""
         with torch.no_grad():
@@ -46,7 +50,7 @@ class DMD(Objective):
         return x_t, real, fake
 
     def generator_loss(self, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
-        x = generate(ctx, grad=True)
+        x = self.student(ctx, grad=True)
         _, real, fake = self.scores(ctx, x)
         direction = dmd_direction(x.detach(), real, fake)
         loss = dmd_loss(x, direction)
@@ -54,7 +58,7 @@ class DMD(Objective):
 
     def critic_loss(self, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
         with torch.no_grad():
-            x = generate(ctx, grad=False)
+            x = self.student(ctx, grad=False)
         x_t, eps, sigma = noised(ctx, x)
         pred = Denoiser(ctx.nets.critic, text_kv_of(ctx, "critic", "cond")).flow(x_t, sigma)
         loss = flow_matching_loss(pred, x, eps)

@@ -21,6 +21,10 @@ residual of its condition (written in ``F``-units: the residual of ``X`` per uni
 semigroup), and its gradient is the one of the condition with the derivative terms held fixed (the MeanFlow /
 sCM stop-gradient). Weighting: uniform over ``(t, s)`` in these ``F``-units (a simple stated choice; the
 per-time weights of the self-distillation paper are not used).
+
+Video plugins (``meanflow``, ``shortcut``, ``flowmap_semigroup``): the chunk-causal generator with its second
+time input (``model.time_to``) over the full sequence on data clips, one ``(t, s)`` per sample
+(:mod:`vidforce.objectives.clips`); MeanFlow differentiates the DiT by JVP (attention ``math`` or ``jvp``).
 """
 from __future__ import annotations
 
@@ -30,6 +34,8 @@ import torch
 from torch import Tensor
 
 from vidforce.diffusion import add_noise, expand_sigma
+from vidforce.objectives import clips
+from vidforce.objectives.base import Objective, StepContext
 
 Flow = Callable[[Tensor, Tensor], Tensor]
 Flow2 = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -185,3 +191,62 @@ def semigroup_loss(student: Flow2, target: Flow2, teacher: Flow, x0: Tensor, eps
         w_tgt = expand_sigma(a, x) * w1 + expand_sigma(1 - a, x) * w2
         v = teacher(x, t)
     return _sq(student(x, t, s), w_tgt).mean() + diag_weight * _sq(student(x, t, t), v).mean()
+
+
+# ---------------------------------------------------------------- video plugins (MeanFlow, Shortcut, semigroup)
+
+class _VideoFlowMap(Objective):
+    """Data clips; the student is the generator's flow map ``F(x, t, t_to)``, its target the same network under
+    ``no_grad`` (``sg(theta)``)."""
+    data = "videos"
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        clips.require_time_to(cfg, self.name)
+
+
+class MeanFlow(_VideoFlowMap):
+    name = "meanflow"
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        clips.require_jvp_attention(cfg, self.name)
+
+    def generator_loss(self, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
+        x0, eps = clips.data_clips(ctx)
+        clips.require_jvp_attention(self.cfg, self.name, x0.device)
+        t, r = clips.on_device(x0, *meanflow_times(x0.shape[0], self.cfg.objective.meanflow.fm_fraction, ctx.rng,
+                                                   ctx.rng.device))
+        u = clips.generator_flow(ctx)
+        loss = meanflow_loss(u, u, x0, eps, t, r)
+        return loss, {"meanflow_loss": loss.item()}
+
+
+class Shortcut(_VideoFlowMap):
+    """The self-consistency share is drawn per sample (``objective.shortcut.fraction``), so a batch of one
+    trains either part."""
+    name = "shortcut"
+
+    def generator_loss(self, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
+        c = self.cfg.objective.shortcut
+        x0, eps = clips.data_clips(ctx)
+        b = x0.shape[0]
+        n_c = int((torch.rand(b, generator=ctx.rng, device=ctx.rng.device) < c.fraction).sum())
+        t, d = clips.on_device(x0, *shortcut_times(b, n_c, c.levels, ctx.rng, ctx.rng.device))
+        s = clips.generator_flow(ctx)
+        loss = shortcut_loss(s, s, x0, eps, t, d, n_c)
+        return loss, {"shortcut_loss": loss.item(), "shortcut_consistency_share": n_c / b}
+
+
+class Semigroup(_VideoFlowMap):
+    """Semigroup self-distillation anchored to the frozen teacher's conditional flow on the diagonal."""
+    name = "flowmap_semigroup"
+    networks = ("generator", "teacher")
+
+    def generator_loss(self, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
+        x0, eps = clips.data_clips(ctx)
+        t, u, s = clips.on_device(x0, *map_times(x0.shape[0], ctx.rng, ctx.rng.device))
+        w = clips.generator_flow(ctx)
+        loss = semigroup_loss(w, w, clips.teacher_flow(ctx), x0, eps, t, u, s,
+                              self.cfg.objective.flowmap_semigroup.diag_weight)
+        return loss, {"semigroup_loss": loss.item()}

@@ -4,7 +4,7 @@ DMD2-style) and ``gan`` (GAN only, Self Forcing's GAN variant).
 The discriminator is a small head on the critic's token features at the noisy input ``x_t``
 (:class:`CriticWithHead`). Losses (pure functions): non-saturating ``softplus(-D(fake))`` for the
 generator, ``softplus(-D(real)) + softplus(D(fake))`` for the discriminator, or their relativistic
-pairing ``softplus(-(D(real) - D(fake)))``; finite-difference R1 / R2 penalties
+pairing ``softplus(-(D(real) - D(fake)))``; the hinge pair of ADD / LADD; finite-difference R1 / R2 penalties
 ``||D(x + s n) - D(x)||^2 / s^2`` on real / fake inputs approximate the gradient penalties without
 double backward.
 """
@@ -15,9 +15,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vidforce.diffusion import add_noise, t_from_sigma
-from vidforce.objectives.base import StepContext, flow_matching_loss, frozen, generate, noised, text_kv_of
+from vidforce.objectives.base import StepContext, flow_matching_loss, frozen, noised, text_kv_of
 from vidforce.objectives.dmd import DMD, dmd_direction, dmd_loss
 from vidforce.sampling import Denoiser
+
+
+def discriminator_head(dim: int) -> nn.Sequential:
+    """A discriminator head: pooled features ``[B, dim]`` -> logits ``[B, 1]`` (LayerNorm, Linear, SiLU, Linear)."""
+    return nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, 1))
 
 
 class CriticWithHead(nn.Module):
@@ -31,7 +36,7 @@ class CriticWithHead(nn.Module):
         self.model = model
         dim = model.arch.dim
         self.feature_layer = feature_layer if feature_layer is not None else max(1, model.arch.num_layers // 2)
-        self.disc_head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, 1))
+        self.disc_head = discriminator_head(dim)
 
     @property
     def arch(self):
@@ -59,6 +64,16 @@ def discriminator_loss(real_logits: Tensor, fake_logits: Tensor, relativistic: b
     if relativistic:
         return F.softplus(-(real_logits - fake_logits)).mean()
     return (F.softplus(-real_logits) + F.softplus(fake_logits)).mean()
+
+
+def hinge_discriminator_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    """Hinge loss (ADD, LADD): ``mean(relu(1 - D(real))) + mean(relu(1 + D(fake)))``; logits of any equal shape."""
+    return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
+
+
+def hinge_generator_loss(fake_logits: Tensor) -> Tensor:
+    """The generator's side of the hinge GAN: ``-mean(D(fake))``."""
+    return -fake_logits.mean()
 
 
 def finite_difference_penalty(logits: Tensor, perturbed_logits: Tensor, sigma: float) -> Tensor:
@@ -98,7 +113,7 @@ class DMDGAN(DMD):
         return generator_gan_loss(fake_logits, real_logits)
 
     def generator_loss(self, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
-        x = generate(ctx, grad=True)
+        x = self.student(ctx, grad=True)
         x_t, real_x0, fake_x0 = self.scores(ctx, x)
         direction = dmd_direction(x.detach(), real_x0, fake_x0)
         gan = self._generator_gan(ctx, x)
@@ -123,7 +138,7 @@ class DMDGAN(DMD):
 
     def critic_loss(self, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
         with torch.no_grad():
-            x = generate(ctx, grad=False)
+            x = self.student(ctx, grad=False)
         x_t, eps, sigma = noised(ctx, x)
         kv = text_kv_of(ctx, "critic", "cond")
         fm = flow_matching_loss(Denoiser(ctx.nets.critic, kv).flow(x_t, sigma), x, eps)
@@ -138,12 +153,12 @@ class GAN(DMDGAN):
     networks = ("generator", "critic")
 
     def generator_loss(self, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
-        gan = self._generator_gan(ctx, generate(ctx, grad=True))
+        gan = self._generator_gan(ctx, self.student(ctx, grad=True))
         return self.cfg.objective.gan.weight * gan, {"gen_gan_loss": gan.item()}
 
     def critic_loss(self, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
         with torch.no_grad():
-            x = generate(ctx, grad=False)
+            x = self.student(ctx, grad=False)
         x_t, _, sigma = noised(ctx, x)
         disc, d = self._discriminator(ctx, x, x_t, sigma)
         return disc, {"disc_loss": d.item()}

@@ -4,14 +4,15 @@ Reuses :mod:`vidforce.toy.train` (the flow-matching teacher, data draws, the opt
 and calls the pure losses of :mod:`vidforce.objectives.flowmap`. Every student is a fresh two-time
 :class:`MLPDenoiser` (``F(x, t, s)`` through ``Denoiser(net).flow(x, t, sigma_to=s)``) trained from scratch:
 MeanFlow and Shortcut from data alone, the three flow-map conditions against the frozen teacher's velocity.
-Targets are ``sg(theta)`` (the same parameters, detached; no EMA).
+Targets are ``sg(theta)`` (the same parameters, detached; no EMA). Settings: the ``ObjectiveConfig`` sections
+``meanflow``, ``shortcut`` and ``flowmap_semigroup`` (the video plugins' own); Shortcut's self-consistency share
+is a fixed ``round(fraction * batch)`` here.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
+from vidforce.config import ObjectiveConfig
 from vidforce.objectives import flowmap as FM
 from vidforce.sampling import euler_grid
 from vidforce.toy.gmm import GMM
@@ -21,21 +22,12 @@ from vidforce.toy.train import HarnessConfig, _draw, _optimise, flow2_of, flow_o
 OBJECTIVES = ("meanflow", "shortcut", "flowmap_lagrangian", "flowmap_eulerian", "flowmap_semigroup")
 
 
-@dataclass
-class FlowMapConfig:
-    """A-priori settings (paper defaults where there is one)."""
-    fm_fraction: float = 0.75           # MeanFlow: share of r = t samples (the paper's 25% r != t)
-    shortcut_fraction: float = 0.25     # Shortcut: share of the batch on self-consistency (the paper's 1/4)
-    shortcut_levels: int = 7            # Shortcut: d in {1/2, ..., 1/128}
-    diag_weight: float = 1.0            # semigroup: weight of the teacher anchor at s = t
-
-
 def student_init(gmm: GMM, h: HarnessConfig) -> MLPDenoiser:
     torch.manual_seed(h.seed + 1)
     return MLPDenoiser(gmm.dim, h.width, h.depth, two_times=True)
 
 
-def loss_fn(name: str, net, teacher, gmm: GMM, f: FlowMapConfig, h: HarnessConfig, g: torch.Generator):
+def loss_fn(name: str, net, teacher, gmm: GMM, ocfg: ObjectiveConfig, h: HarnessConfig, g: torch.Generator):
     """``loss_at(step)`` of objective ``name`` on the harness."""
     t_flow = flow_of(teacher)
 
@@ -43,11 +35,11 @@ def loss_fn(name: str, net, teacher, gmm: GMM, f: FlowMapConfig, h: HarnessConfi
         x0, eps = _draw(gmm, h.batch, g)
         student, target = flow2_of(net), flow2_of(frozen_call(net))
         if name == "meanflow":
-            t, r = FM.meanflow_times(h.batch, f.fm_fraction, g)
+            t, r = FM.meanflow_times(h.batch, ocfg.meanflow.fm_fraction, g)
             return FM.meanflow_loss(student, target, x0, eps, t, r)
         if name == "shortcut":
-            n_c = round(f.shortcut_fraction * h.batch)
-            t, d = FM.shortcut_times(h.batch, n_c, f.shortcut_levels, g)
+            n_c = round(ocfg.shortcut.fraction * h.batch)
+            t, d = FM.shortcut_times(h.batch, n_c, ocfg.shortcut.levels, g)
             return FM.shortcut_loss(student, target, x0, eps, t, d, n_c)
         t, u, s = FM.map_times(h.batch, g)
         if name == "flowmap_lagrangian":
@@ -55,20 +47,21 @@ def loss_fn(name: str, net, teacher, gmm: GMM, f: FlowMapConfig, h: HarnessConfi
         if name == "flowmap_eulerian":
             return FM.eulerian_loss(student, target, t_flow, x0, eps, t, s)
         if name == "flowmap_semigroup":
-            return FM.semigroup_loss(student, target, t_flow, x0, eps, t, u, s, f.diag_weight)
+            return FM.semigroup_loss(student, target, t_flow, x0, eps, t, u, s, ocfg.flowmap_semigroup.diag_weight)
         raise ValueError(f"flow-map harness objective must be one of {OBJECTIVES}, got {name!r}")
     return loss_at
 
 
 def train_student(name: str, teacher: MLPDenoiser, gmm: GMM, h: HarnessConfig,
-                  f: FlowMapConfig | None = None, net: MLPDenoiser | None = None) -> tuple[MLPDenoiser, float]:
-    """Train objective ``name`` from :func:`student_init` (or ``net``). Returns the net and wall seconds."""
-    f = FlowMapConfig() if f is None else f
+                  ocfg: ObjectiveConfig | None = None, net: MLPDenoiser | None = None) -> tuple[MLPDenoiser, float]:
+    """Train objective ``name`` from :func:`student_init` (or ``net``; ``ocfg``: its config sections, default
+    ``ObjectiveConfig()``). Returns the net and wall seconds."""
+    ocfg = ObjectiveConfig() if ocfg is None else ocfg
     net = student_init(gmm, h) if net is None else net
     for p in teacher.parameters():
         p.requires_grad_(False)
     g = torch.Generator().manual_seed(h.seed + 2)
-    return net, _optimise(net, h.steps, h.lr, loss_fn(name, net, teacher, gmm, f, h, g))
+    return net, _optimise(net, h.steps, h.lr, loss_fn(name, net, teacher, gmm, ocfg, h, g))
 
 
 def map_fn(net):

@@ -2,6 +2,11 @@
 
 ``net(x [B, D], t [B], text_kv=None, t_to=None) -> flow [B, D]``: ``t = 1000 sigma``; ``t_to`` is the second
 time of a flow map (CTM's ``G(x, t, s)``); ``text_kv`` is accepted and ignored (unconditional data).
+
+The MLP embeds the sigma ``s = t / 1000`` itself (sCM's identity time transformation ``c_noise(s) = s``), so
+every embedding feature has ``|d emb / ds| <= 1``. The objectives that differentiate the network in time
+(sCM's tangent, MeanFlow, the Eulerian / Lagrangian flow maps: all by JVP) need this bound: an embedding of
+``t = 1000 s`` has ``|d emb / ds|`` up to 1000, and their time-derivative targets then grow without limit.
 """
 from __future__ import annotations
 
@@ -13,11 +18,12 @@ from torch import Tensor, nn
 from vidforce.diffusion import NUM_TRAIN_TIMESTEPS
 
 
-def sinusoidal(t: Tensor, dim: int) -> Tensor:
-    """Sinusoidal embedding ``[B, dim]`` of timesteps ``t [B]`` in ``[0, 1000]`` (frequencies 1 .. 1/1000)."""
+def sinusoidal(s: Tensor, dim: int) -> Tensor:
+    """Sinusoidal embedding ``[B, dim]`` of sigmas ``s [B]`` in ``[0, 1]``: ``[cos(w_i s), sin(w_i s)]``,
+    ``w_i = 1000^(-i / (dim / 2))`` (frequencies 1 .. 1/1000, so ``|d emb_i / ds| <= 1``)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(NUM_TRAIN_TIMESTEPS) * torch.arange(half, dtype=t.dtype, device=t.device) / half)
-    angle = t[:, None] * freqs[None]
+    freqs = torch.exp(-math.log(NUM_TRAIN_TIMESTEPS) * torch.arange(half, dtype=s.dtype, device=s.device) / half)
+    angle = s[:, None] * freqs[None]
     return torch.cat([angle.cos(), angle.sin()], dim=-1)
 
 
@@ -35,10 +41,11 @@ class MLPDenoiser(nn.Module):
         self.body = nn.Sequential(*layers, nn.Linear(width, dim))
 
     def forward(self, x: Tensor, t: Tensor, text_kv=None, t_to: Tensor | None = None) -> Tensor:
-        t = t.to(x.dtype).expand(x.shape[0])
-        feats = [x, sinusoidal(t, self.embed)]
+        s = t.to(x.dtype).expand(x.shape[0]) / NUM_TRAIN_TIMESTEPS
+        feats = [x, sinusoidal(s, self.embed)]
         if self.two_times:
-            feats.append(sinusoidal(t if t_to is None else t_to.to(x.dtype).expand(x.shape[0]), self.embed))
+            s_to = s if t_to is None else t_to.to(x.dtype).expand(x.shape[0]) / NUM_TRAIN_TIMESTEPS
+            feats.append(sinusoidal(s_to, self.embed))
         elif t_to is not None:
             raise ValueError("this MLPDenoiser has one time input: build it with two_times=True for t_to")
         return self.body(torch.cat(feats, dim=-1))

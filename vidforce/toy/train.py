@@ -16,8 +16,9 @@ import torch
 from torch import Tensor, nn
 
 from vidforce.config import ObjectiveConfig
-from vidforce.diffusion import add_noise, expand_sigma, renoise
+from vidforce.diffusion import add_noise, renoise
 from vidforce.objectives import consistency as C
+from vidforce.objectives.flowmap import map_times
 from vidforce.sampling import Denoiser, Guidance, euler, euler_grid
 from vidforce.toy.gmm import GMM
 from vidforce.toy.nets import MLPDenoiser
@@ -123,17 +124,11 @@ def loss_fn(name: str, net, teacher, gmm: GMM, ocfg: ObjectiveConfig, h: Harness
         if name == "scm":
             c = ocfg.scm
             t = C.scm_time((h.batch,), c.p_mean, c.p_std, c.sigma_data, g)
-            x = expand_sigma(torch.cos(t), x0) * x0 + expand_sigma(torch.sin(t), x0) * c.sigma_data * eps
-            with torch.no_grad():
-                dxdt = c.sigma_data * C.trig_flow_of_fm(t_flow, c.sigma_data)(x, t)
-            f_minus, tangent = C.scm_tangent(C.trig_flow_of_fm(target, c.sigma_data), dxdt, x, t,
-                                             C.tangent_warmup(k, c.warmup_steps), c.sigma_data)
-            return C.scm_loss(C.trig_flow_of_fm(student, c.sigma_data), f_minus, tangent, x, t, c.tangent, c.norm_c)
+            return C.scm_distill_loss(student, target, t_flow, x0, eps, t, C.tangent_warmup(k, c.warmup_steps),
+                                      c.sigma_data, c.tangent, c.norm_c)
         if name == "ctm":
             c = ocfg.ctm
-            t = 1 - torch.rand(h.batch, generator=g)
-            s = t * torch.rand(h.batch, generator=g)
-            u = s + (t - s) * torch.rand(h.batch, generator=g)
+            t, u, s = map_times(h.batch, g)
             frozen2 = flow2_of(frozen_call(net))
             return C.ctm_loss(flow2_of(net), frozen2, frozen2, t_flow, x0, eps, t, u, s, c.teacher_steps,
                               c.dsm_weight, c.solver)[0]

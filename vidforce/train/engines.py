@@ -8,6 +8,8 @@
   heads the objective needs (``objective.critic_module``). ZeRO stage ``train.critic_zero_stage``.
 - **teacher**: frozen (eval, ``requires_grad=False``) in the training precision, replicated, or partitioned
   by a stage-3 engine without optimizer when ``train.teacher_zero3`` (never ``init_inference``).
+- **reference** (``"reference" in objective.networks``): a frozen copy of the generator as built (before any
+  checkpoint is loaded, so a resumed run anchors to the same starting weights), in the training precision.
 Every engine gets ``gradient_clipping = optim.grad_clip`` explicitly (DeepSpeed >= 0.19.3 defaults to 1.0)
 and a ``torch.optim.AdamW`` object (no JIT-built Adam). Objectives see the engines' ``.module``s.
 """
@@ -79,11 +81,12 @@ class Engines:
     critic: object | None = None
     teacher: nn.Module | None = None
     teacher_engine: object | None = None
+    reference: nn.Module | None = None
 
     def nets(self) -> Nets:
         """The modules the objective calls (all ranks call them in the same order)."""
         critic = self.critic.module if self.critic is not None else None
-        return Nets(generator=self.generator.module, critic=critic, teacher=self.teacher)
+        return Nets(generator=self.generator.module, critic=critic, teacher=self.teacher, reference=self.reference)
 
     def trained(self) -> dict[str, object]:
         """Engines with an optimizer, by role (checkpointed)."""
@@ -92,11 +95,13 @@ class Engines:
 
 def build_modules(cfg, objective: Objective, device: torch.device) -> dict[str, nn.Module]:
     """Plain modules before ``deepspeed.initialize`` for ``objective.networks``: ``generator`` (fp32),
-    ``critic`` (the teacher's copy or its own model, grad on, in the objective's heads), ``teacher`` (frozen,
-    training precision). Seeded so every rank builds the same weights."""
+    ``reference`` (its frozen copy), ``critic`` (the teacher's copy or its own model, grad on, in the objective's
+    heads), ``teacher`` (frozen, training precision). Seeded so every rank builds the same weights."""
     networks, dtype = objective.networks, DTYPES[cfg.train.precision]
     torch.manual_seed(cfg.train.seed)
     out = {"generator": build_generator(cfg, device, torch.float32).train()}
+    if "reference" in networks:
+        out["reference"] = copy.deepcopy(out["generator"]).to(dtype).eval().requires_grad_(False)
     copies = "critic" in networks and critic_copies_teacher(cfg)
     teacher = build_teacher(cfg, device, dtype) if "teacher" in networks or copies else None
     if "critic" in networks:
@@ -119,6 +124,7 @@ def wrap_engines(cfg, modules: dict[str, nn.Module], universal: bool = False) ->
         critic = modules["critic"]
         engines.critic = _initialize(critic, ds_config(cfg, t.critic_zero_stage, universal),
                                      adamw(critic, base_lr(o, "critic"), o))
+    engines.reference = modules.get("reference")
     if "teacher" in modules:
         engines.teacher = modules["teacher"]
         if t.teacher_zero3:

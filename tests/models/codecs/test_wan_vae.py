@@ -4,7 +4,7 @@ from safetensors.torch import save_file
 
 from vidforce.models.codecs import Codec, WanVAE
 from vidforce.models.codecs.wan_vae import WAN_LATENT_MEAN, WAN_LATENT_STD
-from vidforce.models.codecs.wan_vae_blocks import Downsample, Upsample
+from vidforce.models.codecs.wan_vae_blocks import Downsample, FeatureCache, Upsample
 
 MEAN = (0.5, -0.25, 0.0, 1.0)
 STD = (2.0, 0.5, 1.0, 1.5)
@@ -61,7 +61,7 @@ def test_stream_decode_equals_full_decode(vae, chunk):
 def test_decoding_many_latent_frames_in_one_pass_equals_frame_by_frame(vae):
     z = torch.randn(1, 6, 4, 1, 1, generator=torch.Generator().manual_seed(3))
     full = vae.decode(z)
-    cache = {}
+    cache = FeatureCache()
     one_pass = torch.cat([vae.decode_chunk(z[:, :4], cache), vae.decode_chunk(z[:, 4:], cache)], dim=1)
     assert (one_pass - full).abs().max() <= 1e-5
 
@@ -124,8 +124,8 @@ def test_temporal_downsample_keeps_frame_zero_then_mixes_triples():
     layer.time_conv.bias.zero_()
     frames = torch.arange(1.0, 6.0).view(1, 1, 5, 1, 1).expand(1, 1, 5, 2, 2)
     expected = torch.tensor([1.0, 1 + 10 * 3, 3 + 10 * 5])
-    assert torch.equal(layer(frames, {}).flatten(), expected)
-    cache = {}
+    assert torch.equal(layer(frames, FeatureCache()).flatten(), expected)
+    cache = FeatureCache()
     streamed = torch.cat([layer(frames[:, :, :1], cache), layer(frames[:, :, 1:], cache)], dim=2)
     assert torch.equal(streamed.flatten(), expected)
 
@@ -142,7 +142,7 @@ def test_temporal_upsample_interleaves_channel_halves_after_frame_zero():
     layer.time_conv.bias.zero_()
     frames = torch.zeros(1, 2, 3, 1, 1)
     frames[0, 0, :, 0, 0] = torch.tensor([1.0, 2.0, 3.0])
-    out = layer(frames, {})
+    out = layer(frames, FeatureCache())
     assert out.shape == (1, 1, 5, 2, 2)
     # frame 0 passes through; frame 1 sees zero history (previous = 0), frame 2 sees frame 1.
     assert torch.equal(out[0, 0, :, 0, 0], torch.tensor([1.0, 2.0, 0.0, 3.0, 4.0]))
@@ -235,3 +235,35 @@ def test_bf16_runs_and_stays_close(vae):
     assert z.dtype == torch.bfloat16 and (z.float() - z32).abs().max() < 0.1
     x = bf16.decode(z)
     assert x.dtype == torch.bfloat16 and torch.isfinite(x.float()).all()
+
+
+def _stream(vae, z, chunk):
+    decoder = vae.stream_decoder()
+    return torch.cat([decoder.decode(c) for c in z.split(chunk, dim=1)], dim=1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@torch.no_grad()
+def test_frame_buffer_decoder_is_bit_identical_to_the_concatenating_one(dtype):
+    plain = tiny_vae().to(dtype)
+    buffered = tiny_vae().to(dtype)
+    buffered.set_decode_layout(buffers=True, channels_last_convs=False)
+    z = torch.randn(1, 5, 4, 2, 2, generator=torch.Generator().manual_seed(4)).to(dtype)
+    reference = _stream(plain, z, 3)
+    for chunk in (3, 1):                                    # chunk 3: first chunks of 1 + 4 + 4 frames, then 8
+        assert torch.equal(_stream(buffered, z, chunk), reference)
+    decoder = buffered.stream_decoder()
+    decoder.decode(z[:, :3])
+    kinds = {type(v).__name__ for v in decoder.cache.values()}
+    assert kinds == {"FrameBuffer"}                         # every causal conv with a history kept a buffer
+
+
+@torch.no_grad()
+def test_channels_last_decoder_equals_the_plain_one_to_fp32_round_off():
+    plain, fast = tiny_vae(), tiny_vae()
+    fast.set_decode_layout(buffers=True, channels_last_convs=True)
+    z = torch.randn(1, 5, 4, 2, 2, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(_stream(fast, z, 3), _stream(plain, z, 3), rtol=0, atol=1e-5)
+    decoder = fast.stream_decoder()
+    decoder.decode(z[:, :3])
+    assert all(b.data.is_contiguous(memory_format=torch.channels_last_3d) for b in decoder.cache.values())

@@ -9,14 +9,13 @@ Encoding runs the official chunking (1 frame, then chunks of 4) through a featur
 does not grow with video length; decoding runs one latent frame at a time the same way. A
 `WanStreamDecoder` decodes any chunking of the latents with the same result.
 """
-from pathlib import Path
-
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from vidforce.models.codecs.base import Codec, StreamDecoder
-from vidforce.models.codecs.wan_vae_blocks import CausalConv3d, Decoder3d, Encoder3d, FeatureCache
+from vidforce.models.codecs.checkpoint import load_strict
+from vidforce.models.codecs.wan_vae_blocks import (CausalConv3d, Decoder3d, Encoder3d, FeatureCache, channels_last,
+                                                   memory_format_of)
 
 WAN_LATENT_MEAN = (
     -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
@@ -65,6 +64,15 @@ class WanVAE(Codec, nn.Module):
         self.conv1 = CausalConv3d(2 * z_dim, 2 * z_dim, 1)
         self.conv2 = CausalConv3d(z_dim, z_dim, 1)
         self.decoder = Decoder3d(dim, z_dim, dim_mult, num_res_blocks, tuple(reversed(temperal_downsample)))
+        self.decode_buffers = False     # stream decoders keep FrameBuffers (set_decode_layout)
+
+    def set_decode_layout(self, buffers: bool, channels_last_convs: bool) -> None:
+        """How decoding runs; the frames are the same. `buffers`: causal convs of a stream decoder keep their
+        past in preallocated padded buffers (bit-identical); `channels_last_convs`: the decoder's convolutions in
+        NDHWC / NHWC, cuDNN's fast layout (equal to fp32 round-off; not undone by False)."""
+        self.decode_buffers = buffers
+        if channels_last_convs:
+            channels_last(self.decoder)
 
     @classmethod
     def from_checkpoint(cls, path, device="cpu", dtype: torch.dtype = torch.float32, **arch) -> "WanVAE":
@@ -74,12 +82,7 @@ class WanVAE(Codec, nn.Module):
         FileNotFoundError for a missing file, ValueError listing every missing, unexpected and
         wrong-shape key.
         """
-        state_dict = read_state_dict(path)
-        with torch.device("meta"):
-            model = cls(**arch)
-        check_state_dict(model, state_dict, f"{path} does not match WanVAE({model.arch})")
-        model.load_state_dict(state_dict, strict=True, assign=True)
-        return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        return load_strict(cls, path, "VAE", device, dtype, **arch)
 
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         """Video `[B, 1 + f k, 3, H, W]` in [-1, 1] -> latents `[B, 1 + k, z_dim, H/s, W/s]`.
@@ -113,7 +116,8 @@ class WanVAE(Codec, nn.Module):
 
     def decode_chunk(self, latents: torch.Tensor, cache: FeatureCache) -> torch.Tensor:
         """Next latent chunk `[B, t, z_dim, h, w]` -> its frames `[B, t', 3, H, W]`, in one pass."""
-        z = latents.to(self.conv2.weight.dtype).permute(0, 2, 1, 3, 4)
+        fmt = memory_format_of(self.decoder.conv1.weight)
+        z = latents.to(self.conv2.weight.dtype).permute(0, 2, 1, 3, 4).contiguous(memory_format=fmt)
         mean, std = self._stats(z)
         video = self.decoder(self.conv2(z * std + mean, cache), cache)
         return video.clamp(-1.0, 1.0).permute(0, 2, 1, 3, 4).to(latents.dtype)
@@ -135,7 +139,7 @@ class WanStreamDecoder(StreamDecoder):
 
     def __init__(self, vae: WanVAE):
         self.vae = vae
-        self.cache: FeatureCache = {}
+        self.cache = FeatureCache(vae.decode_buffers)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """`[B, t, z_dim, h, w]` -> `[B, tv, 3, H, W]` in [-1, 1]."""
@@ -144,7 +148,7 @@ class WanStreamDecoder(StreamDecoder):
         return torch.cat(frames, dim=1)
 
     def reset(self) -> None:
-        self.cache = {}
+        self.cache = FeatureCache(self.vae.decode_buffers)
 
 
 class WanStreamEncoder:
@@ -156,7 +160,7 @@ class WanStreamEncoder:
 
     def __init__(self, vae: WanVAE):
         self.vae = vae
-        self.cache: FeatureCache = {}
+        self.cache = FeatureCache()
         self.started = False
 
     def encode(self, video: torch.Tensor) -> torch.Tensor:
@@ -170,45 +174,5 @@ class WanStreamEncoder:
         return self.vae.encode_chunk(video, self.cache)
 
     def reset(self) -> None:
-        self.cache = {}
+        self.cache = FeatureCache()
         self.started = False
-
-
-def read_state_dict(path) -> dict[str, torch.Tensor]:
-    """Tensors of a `.pth` / `.pt` (loaded with `weights_only=True`) or `.safetensors` file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"VAE checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        return load_file(path)
-    if path.suffix not in (".pth", ".pt"):
-        raise ValueError(f"VAE checkpoint {path} must end in .pth, .pt or .safetensors")
-    state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise ValueError(f"VAE checkpoint {path} is not a flat state dict of tensors")
-    return state_dict
-
-
-def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], context: str) -> None:
-    """Raise one ValueError, `context` first, listing missing, unexpected and wrong-shape keys."""
-    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    wrong_shape = [
-        f"{key} (expected {expected[key]}, got {tuple(state_dict[key].shape)})"
-        for key in sorted(set(expected) & set(state_dict))
-        if tuple(state_dict[key].shape) != expected[key]
-    ]
-    problems = [
-        f"{name} ({len(keys)}): {_first(keys)}"
-        for name, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong_shape))
-        if keys
-    ]
-    if problems:
-        raise ValueError(f"{context}: " + "; ".join(problems))
-
-
-def _first(items: list[str], limit: int = 12) -> str:
-    """`items` joined by commas, cut after `limit` with a count of the rest."""
-    shown = ", ".join(items[:limit])
-    return shown + (f", ... and {len(items) - limit} more" if len(items) > limit else "")

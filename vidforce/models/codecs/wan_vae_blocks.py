@@ -6,7 +6,11 @@ Module attribute names and `nn.Sequential` indices follow the official checkpoin
 
 Streaming: every layer that looks at past frames keeps what it needs in a `FeatureCache` (a dict
 keyed by the layer). Calling a layer on consecutive chunks with the same cache gives the same result
-as calling it once on their concatenation; a new (empty) cache starts a new video.
+as calling it once on their concatenation; a new (empty) cache starts a new video. A cache made with
+`buffers=True` has each causal conv keep its past frames in a preallocated, zero-padded `FrameBuffer` that
+it convolves in place: per call one copy of the new frames in and one of `2 p_t` frames to the front,
+instead of concatenating the past, padding and cloning the history (the same numbers, bit for bit).
+Channels-last weights (`channels_last`) make the convolutions run, and the buffers live, in NDHWC.
 """
 from itertools import chain
 
@@ -15,13 +19,64 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-FeatureCache = dict[nn.Module, torch.Tensor]
+
+class FeatureCache(dict):
+    """Per-stream state of the causal layers, keyed by layer; `buffers`: causal convs keep `FrameBuffer`s."""
+
+    def __init__(self, buffers: bool = False):
+        super().__init__()
+        self.buffers = buffers
+
+
+def memory_format_of(weight: torch.Tensor) -> torch.memory_format:
+    """`channels_last(_3d)` for a conv weight stored so (see `channels_last`), else the default layout."""
+    cl = torch.channels_last_3d if weight.dim() == 5 else torch.channels_last
+    return cl if weight.is_contiguous(memory_format=cl) and not weight.is_contiguous() else torch.contiguous_format
+
+
+def channels_last(module: nn.Module) -> None:
+    """Store every 2D / 3D conv weight of `module` channels-last (NHWC / NDHWC), in place."""
+    for conv in module.modules():
+        if isinstance(conv, (nn.Conv2d, nn.Conv3d)):
+            fmt = torch.channels_last_3d if isinstance(conv, nn.Conv3d) else torch.channels_last
+            conv.weight.data = conv.weight.data.contiguous(memory_format=fmt)
+
+
+class FrameBuffer:
+    """`[B, C, history + T, H + 2 p_h, W + 2 p_w]`, zero around the frames: the last `history` input frames of
+    the stream (zeros before its start), then room for the `T` frames of the current call."""
+
+    def __init__(self, x: torch.Tensor, history: int, spatial_padding: tuple[int, int, int, int],
+                 memory_format: torch.memory_format, past: "FrameBuffer | torch.Tensor | None"):
+        b, c, t, h, w = x.shape
+        p_w, _, p_h, _ = spatial_padding
+        self.history, self.frames = history, t
+        self.rows, self.cols = slice(p_h, p_h + h), slice(p_w, p_w + w)
+        self.data = torch.zeros(b, c, history + t, h + 2 * p_h, w + 2 * p_w, dtype=x.dtype, device=x.device)
+        self.data = self.data.contiguous(memory_format=memory_format)
+        if isinstance(past, FrameBuffer):                     # the chunk size changed: carry the history over
+            self.data[:, :, :history].copy_(past.data[:, :, :history])
+        elif past is not None:                                # up to `history` unpadded frames
+            self.data[:, :, history - past.shape[2]:history, self.rows, self.cols].copy_(past)
+
+    def convolve(self, x: torch.Tensor, conv) -> torch.Tensor:
+        """Write `x [B, C, T, H, W]` after the history, `conv` the whole buffer, keep the last `history` frames."""
+        h, t = self.history, self.frames
+        self.data[:, :, h:, self.rows, self.cols].copy_(x)
+        y = conv(self.data)
+        if t >= h:
+            self.data[:, :, :h].copy_(self.data[:, :, t:t + h])
+        else:                                                 # overlapping ranges: front to back
+            for i in range(h):
+                self.data[:, :, i].copy_(self.data[:, :, t + i])
+        return y
 
 
 class CausalConv3d(nn.Conv3d):
     """3D convolution, causal in time: `2 p_t` past frames on the left (cached or zeros), none after.
 
-    Spatial padding is symmetric (`p_h`, `p_w`). The cache holds the last `2 p_t` input frames.
+    Spatial padding is symmetric (`p_h`, `p_w`). The cache holds the last `2 p_t` input frames (a tensor, or
+    a `FrameBuffer` in a cache with `buffers`).
     """
 
     def __init__(self, in_dim: int, out_dim: int, kernel_size, padding=0):
@@ -32,6 +87,8 @@ class CausalConv3d(nn.Conv3d):
 
     def forward(self, x: torch.Tensor, cache: FeatureCache) -> torch.Tensor:
         """`[B, C_in, T, H, W]` -> `[B, C_out, T, H', W']` (stride 1 in time)."""
+        if cache.buffers:
+            return self._buffered(x, cache)
         past_frames = 0
         if self.history:
             past = cache.get(self)
@@ -40,6 +97,15 @@ class CausalConv3d(nn.Conv3d):
                 past_frames = past.shape[2]
             cache[self] = x[:, :, -self.history:].clone()
         return super().forward(F.pad(x, (*self.spatial_padding, self.history - past_frames, 0)))
+
+    def _buffered(self, x: torch.Tensor, cache: FeatureCache) -> torch.Tensor:
+        if not self.history:
+            return super().forward(F.pad(x, self.spatial_padding) if any(self.spatial_padding) else x)
+        buffer = cache.get(self)
+        if not isinstance(buffer, FrameBuffer) or buffer.frames != x.shape[2]:
+            buffer = FrameBuffer(x, self.history, self.spatial_padding, memory_format_of(self.weight), buffer)
+            cache[self] = buffer
+        return buffer.convolve(x, super().forward)
 
 
 class RMSNorm(nn.Module):
