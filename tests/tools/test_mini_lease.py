@@ -11,7 +11,9 @@ SCRIPT = Path(__file__).resolve().parents[2] / "tools" / "mini_lease.sh"
 
 
 def lease(root: Path, out: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OUT": str(out), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    inherited = {k: v for k, v in os.environ.items()      # not this process's rendezvous: its port may be taken
+                 if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env = {**inherited, "OUT": str(out), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     return subprocess.run(["bash", str(SCRIPT), "--device", "cpu", "--smoke", *args], cwd=root, env=env,
                           capture_output=True, text=True, timeout=600)
 
