@@ -59,7 +59,8 @@ class CausalConfig:
     window: int = 0                 # latent frames attended in all (sink included); 0 = the whole video
     sink: int = 0                   # first frames never evicted
     rope_mode: str = "absolute"     # absolute | relative
-    attention: str = "auto"         # auto | math | sdpa | cudnn | flash | efficient | flash_attn
+    attention: str = "auto"         # auto | math | sdpa | cudnn | flash | efficient | flash_attn | jvp
+                                    # (forward-mode AD in O(L) memory: scm / meanflow on CUDA)
     full_sequence: str = "loop"     # block-causal full-sequence pass: loop | flex | dense
 
 
@@ -392,7 +393,7 @@ class VidforceConfig:
 
 CHOICES: dict[str, tuple] = {
     "causal.rope_mode": ("absolute", "relative"),
-    "causal.attention": ("auto", "math", "sdpa", "cudnn", "flash", "efficient", "flash_attn"),
+    "causal.attention": ("auto", "math", "sdpa", "cudnn", "flash", "efficient", "flash_attn", "jvp"),
     "causal.full_sequence": ("loop", "flex", "dense"),
     "rollout.exit_step": ("random", "last"),
     "rollout.long_sampling": ("fixed", "uniform"),

@@ -4,8 +4,13 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
+from vidforce.models.build import build_generator
+from vidforce.models.wan import WanModel
 from vidforce.objectives import build
+from vidforce.train.checkpoint import export_generator
 from vidforce.train.trainer import train
 
 from tests.train.helpers import metrics, tiny
@@ -22,6 +27,20 @@ def test_consistency_objective_trains_through_the_trainer(inputs, tmp_path, name
 
 
 @pytest.mark.parametrize("name", ["ctm", "meanflow", "shortcut", "flowmap_semigroup"])
+def test_flow_map_objectives_train_the_second_time_and_export_it(inputs, tmp_path, name):
+    """The second-time embedding starts at zero and receives gradient; the export loads into a generator."""
+    cfg = tiny(name, inputs, tmp_path / "run", "train.steps=2", "train.checkpoint_every=100")
+    train(cfg)
+    out = export_generator(tmp_path / "run", tmp_path / "gen.safetensors", ema=False)
+    weights = load_file(str(out))
+    assert set(WanModel.OPTIONAL_KEYS) <= set(weights)
+    assert weights["time_to_embedding.2.weight"].abs().max() > 0
+    cfg.model.checkpoint = str(out)
+    generator = build_generator(cfg, "cpu", torch.float32)
+    assert torch.equal(generator.state_dict()["time_to_embedding.2.weight"], weights["time_to_embedding.2.weight"])
+
+
+@pytest.mark.parametrize("name", ["ctm", "meanflow", "shortcut", "flowmap_semigroup"])
 def test_flow_map_objectives_need_the_second_time(inputs, tmp_path, name):
     with pytest.raises(ValueError, match="model.time_to=true"):
         build(tiny(name, inputs, tmp_path, "model.time_to=false"))
@@ -31,3 +50,9 @@ def test_flow_map_objectives_need_the_second_time(inputs, tmp_path, name):
 def test_jvp_objectives_need_an_attention_with_forward_ad(inputs, tmp_path, name):
     with pytest.raises(ValueError, match="causal.attention must be one of"):
         build(tiny(name, inputs, tmp_path, "causal.attention=sdpa"))
+
+
+def test_meanflow_trains_through_the_jvp_attention_backend(inputs, tmp_path):
+    """causal.attention=jvp (the fused tangent kernel on CUDA; its dense torch formulas on CPU) under the JVP."""
+    train(tiny("meanflow", inputs, tmp_path, "train.steps=2", "train.checkpoint_every=100", "causal.attention=jvp"))
+    assert all(math.isfinite(m["loss/generator"]) for m in metrics(tmp_path))
