@@ -1,15 +1,17 @@
 """The mini-world teacher under different sampling settings: count accuracy and D at 1x K per CFG scale, Euler
-step count and shift.
+step count, shift and start.
 
     python tools/teacher_sampling.py RUN [--smoke] [--device cpu|cuda] [--guidance 1 2 3] [--steps 40]
-        [--shift 3] [--scenes 32] [--out FILE.md]
+        [--shift 3] [--start 1 0.9 0.6] [--scenes 32] [--out FILE.md]
 
 RUN is a ``vidforce mini`` output directory with a finished teacher (``--smoke``: a smoke run). Every setting
 (the product of ``--guidance``, ``--steps`` and ``--shift``) samples the same held-out units (scene x noise
 seed) with the same noise as the evaluation (recipe ``evaluate.seed``, ``evaluate.noise_seeds``), so rows differ
 only by the setting. At 1x every drift term but the count compares the first window with itself (0 by
 construction), so the columns are the ones the teacher gate reads (``count_accuracy``, ``D``) and the count
-error. Prints a markdown table (mean ± standard error over scenes) and writes it to ``--out`` with the command
+error. ``--start s0 < 1`` starts the ODE from each unit's true clip noised to ``s0``,
+``(1 - s0) x + s0 eps`` with the unit's noise, on the steps of the grid below ``s0`` (SDEdit): the noise level at
+which the teacher's count goes wrong is where its start-1 failures are made. Prints a markdown table (mean ± standard error over scenes) and writes it to ``--out`` with the command
 that made it.
 """
 from __future__ import annotations
@@ -20,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -33,12 +36,19 @@ from vidforce.sampling import Guidance, euler_grid  # noqa: E402
 from vidforce.train.dist import pick_device  # noqa: E402
 
 METRICS = ("count_accuracy", "D", "count_error")
-COLUMNS = ("guidance", "steps", "shift", *METRICS)
+COLUMNS = ("guidance", "steps", "shift", "start", *METRICS)
+
+
+def start_grid(grid: tuple[float, ...], start: float) -> tuple[float, ...]:
+    """The Euler grid from ``start``: ``start``, then the steps of ``grid`` below it (``grid`` itself at 1)."""
+    if not 0 < start <= 1:
+        raise ValueError(f"--start must be in (0, 1], got {start}")
+    return (start, *(s for s in grid if s < start))
 
 
 def sweep(run_dir: str, smoke: bool, device: str, guidance: list[float], steps: list[int], shifts: list[float],
-          scenes: int) -> list[dict]:
-    """One row per setting: ``{guidance, steps, shift, <metric>: (mean, se), seconds}`` at 1x K."""
+          scenes: int, starts: list[float] = (1.0,)) -> list[dict]:
+    """One row per setting: ``{guidance, steps, shift, start, <metric>: (mean, se), seconds}`` at 1x K."""
     mini = load_mini(smoke, device, run_dir)
     if not (mini.artifact("teacher").exists() and mini.artifact("world").is_file()):
         raise FileNotFoundError(f"{run_dir}: needs a finished teacher and world stage "
@@ -50,16 +60,23 @@ def sweep(run_dir: str, smoke: bool, device: str, guidance: list[float], steps: 
     text, codec = components.text_encoder(cfg, dev), components.codec(cfg, dev)
     prompts = ev.unit_prompts(setup)
     noise = ev.scene_noise(setup.seeds, setup.noise_seeds, setup.horizon, setup.latent_shape, dev)
+    truth = None
+    if any(s0 < 1 for s0 in starts):
+        clips = torch.from_numpy(np.stack(ev.data_videos(setup, setup.horizon))).to(dev)   # [S, K, H, W, 3]
+        clips = clips.permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0
+        truth = codec.encode(clips).float().repeat_interleave(len(setup.noise_seeds), dim=0)
     rows = []
-    for g, n, shift in itertools.product(guidance, steps, shifts):
+    for g, n, shift, s0 in itertools.product(guidance, steps, shifts, starts):
         t0 = time.perf_counter()
         guide = Guidance(g, cfg.objective.guidance.convention)
-        sample = ev.teacher_sampler(teacher, text, cfg.data.negative_prompt, euler_grid(n, shift), guide)
-        summary = ev.summarize_model(ev.generate_videos(sample, codec, prompts, noise), setup, len(setup.noise_seeds))
+        grid = start_grid(euler_grid(n, shift), s0)
+        start = noise if s0 == 1 else (1 - s0) * truth + s0 * noise
+        sample = ev.teacher_sampler(teacher, text, cfg.data.negative_prompt, grid, guide)
+        summary = ev.summarize_model(ev.generate_videos(sample, codec, prompts, start), setup, len(setup.noise_seeds))
         mean, se = summary["horizons"]["1x"], summary["se"]["1x"]
-        rows.append({"guidance": g, "steps": n, "shift": shift, **{k: (mean[k], se[k]) for k in METRICS},
+        rows.append({"guidance": g, "steps": n, "shift": shift, "start": s0, **{k: (mean[k], se[k]) for k in METRICS},
                      "seconds": time.perf_counter() - t0})
-        print(f"[teacher_sampling] guidance {g} steps {n} shift {shift}: count_accuracy "
+        print(f"[teacher_sampling] guidance {g} steps {n} shift {shift} start {s0}: count_accuracy "
               f"{mean['count_accuracy']:.3f}, D {mean['D']:.3f} ({rows[-1]['seconds']:.0f} s)", flush=True)
     return rows
 
@@ -68,7 +85,7 @@ def table(rows: list[dict]) -> str:
     """Markdown table of :func:`sweep`'s rows."""
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
-        cells = [f"{r['guidance']:g}", str(r["steps"]), f"{r['shift']:g}"]
+        cells = [f"{r['guidance']:g}", str(r["steps"]), f"{r['shift']:g}", f"{r['start']:g}"]
         cells += [value_cell(*r[k]) for k in METRICS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -82,13 +99,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--guidance", type=float, nargs="+", default=[2.0])
     p.add_argument("--steps", type=int, nargs="+", default=[40])
     p.add_argument("--shift", type=float, nargs="+", default=[3.0])
+    p.add_argument("--start", type=float, nargs="+", default=[1.0],
+                   help="start sigmas: 1 samples from noise; s0 < 1 starts from the true clip noised to s0")
     p.add_argument("--scenes", type=int, default=32)
     p.add_argument("--out", default=None, help="write the table (and this command) to this markdown file")
     args = p.parse_args(argv)
     if args.scenes < 2:
         p.error(f"--scenes must be >= 2 (standard errors), got {args.scenes}")
+    if not all(0 < s0 <= 1 for s0 in args.start):
+        p.error(f"--start sigmas must be in (0, 1], got {args.start}")
     try:
-        rows = sweep(args.run, args.smoke, args.device, args.guidance, args.steps, args.shift, args.scenes)
+        rows = sweep(args.run, args.smoke, args.device, args.guidance, args.steps, args.shift, args.scenes, args.start)
     except (FileNotFoundError, ValueError) as err:
         print(f"teacher_sampling: error: {err}", file=sys.stderr)
         return 2

@@ -94,6 +94,15 @@ def test_interrupted_training_stage_is_not_marked_done(tmp_path, monkeypatch, ca
     assert not (tmp_path / "teacher" / "done.json").exists()
     assert not (tmp_path / "teacher" / "model").exists()
     assert "stopped at step 7" in capsys.readouterr().err
+    assert len(json.loads((tmp_path / "teacher" / "interrupted.json").read_text())["command_seconds"]) == 1
+    # the next command resumes and finishes it: done.json sums both commands' seconds
+    monkeypatch.setattr(trainer, "train", lambda cfg: {"interrupted": None, "metrics": {"fm_loss": 0.5}})
+    import vidforce.train.checkpoint as checkpoint
+    monkeypatch.setattr(checkpoint, "export_generator", lambda run_dir, path, **kw: path.parent.mkdir(parents=True))
+    assert mini.main_mini(True, "cpu", str(tmp_path), "world,teacher") == 0
+    done = json.loads((tmp_path / "teacher" / "done.json").read_text())
+    assert len(done["command_seconds"]) == 2 and done["seconds"] == round(sum(done["command_seconds"]), 1)
+    assert done["metrics"] == {"fm_loss": 0.5} and not (tmp_path / "teacher" / "interrupted.json").exists()
 
 
 @pytest.mark.slow
@@ -133,6 +142,22 @@ def test_smoke_recipe_end_to_end(tmp_path, capsys):
         assert f"mp4/{model}.mp4" in overview
     assert "vidforce generate --config" in overview
     assert str(results / "README.md") in out
+
+
+def test_teacher_sampling_start_grid_keeps_the_steps_below_the_start():
+    tool = teacher_sampling_tool()
+    grid = (1.0, 0.9, 0.75, 0.5, 0.0)
+    assert tool.start_grid(grid, 1.0) == grid
+    assert tool.start_grid(grid, 0.8) == (0.8, 0.75, 0.5, 0.0)
+    with pytest.raises(ValueError, match="--start"):
+        tool.start_grid(grid, 0.0)
+
+
+def test_teacher_sampling_rejects_a_start_outside_the_unit_interval(tmp_path, capsys):
+    tool = teacher_sampling_tool()
+    with pytest.raises(SystemExit):
+        tool.main([str(tmp_path), "--start", "1.5"])
+    assert "--start sigmas must be in (0, 1]" in capsys.readouterr().err
 
 
 def test_teacher_sampling_without_a_teacher_names_the_file(tmp_path, capsys):

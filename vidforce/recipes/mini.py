@@ -365,18 +365,29 @@ def parse_stages(stages: str) -> list[str]:
 
 
 def run_stage(mini: Mini, stage: str) -> dict:
-    """Run one stage and write its ``done.json`` (atomically) after its artifact."""
+    """Run one stage and write its ``done.json`` (atomically) after its artifact. A stage stopped by a signal
+    and resumed by later commands records each command's seconds (``command_seconds``, kept in
+    ``interrupted.json`` until the stage finishes) and their sum (``seconds``)."""
     missing = [n for n in NEEDS[stage] if not mini.done(n)]
     if missing:
         raise FileNotFoundError(f"stage {stage} needs finished stage(s) {missing} (no done.json under {mini.out}); "
                                 f"run them first (--stages {','.join(missing)})")
     mini.dir(stage).mkdir(parents=True, exist_ok=True)
+    partial = mini.dir(stage) / "interrupted.json"
+    earlier = json.loads(partial.read_text())["command_seconds"] if partial.is_file() else []
     t0 = time.time()
-    info = RUNNERS[stage](mini)
-    record = {"stage": stage, "artifact": str(mini.artifact(stage)), "seconds": round(time.time() - t0, 1), **info}
+    try:
+        info = RUNNERS[stage](mini)
+    except StageInterrupted:
+        partial.write_text(json.dumps({"command_seconds": [*earlier, round(time.time() - t0, 1)]}) + "\n")
+        raise
+    commands = [*earlier, round(time.time() - t0, 1)]
+    record = {"stage": stage, "artifact": str(mini.artifact(stage)), "seconds": round(sum(commands), 1),
+              "command_seconds": commands, **info}
     tmp = mini.dir(stage) / "done.json.tmp"
     tmp.write_text(json.dumps(record, indent=1) + "\n")
     os.replace(tmp, mini.dir(stage) / "done.json")
+    partial.unlink(missing_ok=True)
     return record
 
 
