@@ -7,30 +7,17 @@ import torch
 
 from vidforce import components, config
 from vidforce.models.build import build_generator
-from vidforce.sampling import Guidance, PendingRefresh, Sampler, chunk_step, denoise_chunk, stream_step
+from vidforce.sampling import Guidance, PendingRefresh, Sampler, denoise_chunk, stream_step
 from vidforce.streaming import Streamer
-from tests.models.helpers import tiny_arch, tiny_causal
+from tests.models.helpers import stream_chunks, stream_inputs, tiny_arch, tiny_causal
 
 SAMPLER = Sampler((1.0, 0.75, 0.5), 0.0)
 ATOL = 1e-5        # fp32 round-off: the fused forward runs its matmuls on twice the rows
 
 
-def _stream(model, noise, kv, sampler, fused, seed=7):
-    """x0 of every chunk of ``noise [1, T, C, h, w]`` and the final cache (the fused path's last refresh run)."""
-    f = model.frames_per_chunk
-    cache = model.new_cache(1, noise.shape[3], noise.shape[4], noise.shape[1], "cpu", torch.float32)
-    rng, pending, outs = torch.Generator().manual_seed(seed), None, []
-    with torch.no_grad():
-        for start in range(0, noise.shape[1], f):
-            chunk = noise[:, start:start + f]
-            if fused:
-                x0, pending = stream_step(model, chunk, cache, start, kv, sampler, rng, pending)
-            else:
-                x0 = chunk_step(model, chunk, cache, start, kv, sampler, sampler.last, False, rng)
-            outs.append(x0)
-        if fused:
-            model.forward_chunk(pending.x, pending.t, cache, pending.start, True, text_kv=kv)
-    return torch.cat(outs, 1), cache
+def _stream(model, noise, kv, sampler, fused):
+    """x0 of every chunk and the final cache (the fused path's last refresh run)."""
+    return stream_chunks(model, noise, kv, sampler, fused, model.frames_per_chunk, finish=True)
 
 
 @pytest.mark.parametrize("window,sink,rope,context,time_to", [(9, 3, "absolute", 0.0, False),
@@ -43,9 +30,7 @@ def test_fused_refresh_equals_the_plain_path(window, sink, rope, context, time_t
     model = tiny_causal(window=window, sink=sink, rope_mode=rope, arch=tiny_arch(time_to=time_to))
     if time_to:                                              # a trained flow map: the second time matters
         torch.nn.init.normal_(model.time_to_embedding[2].weight, std=0.1)
-    g = torch.Generator().manual_seed(3)
-    noise = torch.randn(1, 21, model.arch.in_dim, 4, 4, generator=g)        # 7 chunks: the ring turns over
-    kv = model.text_kv(torch.randn(1, model.arch.text_len, model.arch.text_dim, generator=g))
+    noise, kv = stream_inputs(model)                         # 7 chunks: the ring turns over
     sampler = Sampler(SAMPLER.sigmas, context)
     plain, plain_cache = _stream(model, noise, kv, sampler, fused=False)
     fused, fused_cache = _stream(model, noise, kv, sampler, fused=True)
@@ -58,9 +43,7 @@ def test_fused_refresh_equals_the_plain_path(window, sink, rope, context, time_t
 def test_the_test_sees_eviction_and_the_refresh():
     """Without the refresh (or with its K/V left noisy) the outputs differ: the comparison above is not vacuous."""
     model = tiny_causal(window=9, sink=3)
-    g = torch.Generator().manual_seed(3)
-    noise = torch.randn(1, 15, model.arch.in_dim, 4, 4, generator=g)
-    kv = model.text_kv(torch.randn(1, model.arch.text_len, model.arch.text_dim, generator=g))
+    noise, kv = stream_inputs(model, frames=15)
     plain, _ = _stream(model, noise, kv, SAMPLER, fused=False)
     cache, outs = model.new_cache(1, 4, 4, 15, "cpu", torch.float32), []
     with torch.no_grad():

@@ -57,9 +57,18 @@ def test_drift_reward_of_a_true_render_beats_a_frozen_continuation():
 
 
 def test_video_rewards_dispatch_and_names_unknown_kinds():
-    videos = [_video([0] * 4), _video(list(range(4)))]
-    r = video_rewards(videos, "motion", 1.0, 4, 3.0)
-    assert r.shape == (2,) and r[0] < r[1]
+    """Each kind is its reward function per video, with the weight, window and radius passed through."""
+    videos = [_video([0] * 4), _video(list(range(4))), _video([0, 2, 0, 2])]
+    r = video_rewards(videos, "motion", 0.5, 4, 3.0)
+    assert r.dtype == np.float64 and r.tolist() == [motion_continuity(v, 0.5) for v in videos]
+    assert r[0] < r[1] and r[2] > motion_continuity(videos[2], 1.0)          # the jitter's jerk, half weighted
+    spec = BallWorldSpec()
+    scene = scene_for_seed(3, spec)
+    truth = render_numpy(scene, spec, simulate(scene, spec, 16)[0])
+    frozen = np.concatenate([truth[:8], np.repeat(truth[8:9], 8, axis=0)])
+    radius = spec.radius_range[0]
+    assert video_rewards([truth, frozen], "drift", 1.0, 8, radius).tolist() == [drift_reward(truth, 8, radius),
+                                                                                drift_reward(frozen, 8, radius)]
     with pytest.raises(ValueError, match="objective.grpo.reward"):
         video_rewards(videos, "aesthetic", 1.0, 4, 3.0)
     with pytest.raises(ValueError, match="uint8"):

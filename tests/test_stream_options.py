@@ -44,10 +44,13 @@ def test_cuda_graphs_need_a_rolling_window():
 def test_codec_kind_taehv_loads_the_checkpoint(tmp_path):
     path = tmp_path / "taew2_1.safetensors"
     torch.manual_seed(0)
-    save_file({k: v.contiguous() for k, v in TAEHV().state_dict().items()}, path)
+    saved = {k: v.contiguous() for k, v in TAEHV().state_dict().items()}
+    save_file(saved, path)
     cfg = config.load(None, BASE + WAN_LATENT + ["codec.kind=taehv", f"codec.path={path}"])
     codec = components.codec(cfg)
     assert isinstance(codec, TAEHV) and codec.latent_channels == 16
+    state = codec.state_dict()
+    assert state.keys() == saved.keys() and all(torch.equal(state[k], saved[k]) for k in saved)   # the file's
     with pytest.raises(ValueError, match="codec.kind=taehv needs codec.path"):
         components.codec(config.load(None, BASE + WAN_LATENT + ["codec.kind=taehv"]))
     with pytest.raises(ValueError, match="latent channels"):

@@ -66,15 +66,22 @@ def _train_parser(sub) -> None:
     t.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)
 
 
+def _model_flags(p, config_needs: str, verb: str, checkpoint: str) -> None:
+    """The model flags that ``generate`` and ``serve`` share: ``--config`` (its help says what the config must
+    hold), ``--checkpoint`` (help ``checkpoint``) and ``--random-weights`` (``verb``: what the command does)."""
+    p.add_argument("--config", required=True, help=f"YAML config of the model ({config_needs})")
+    p.add_argument("--checkpoint", default="", help=checkpoint)
+    p.add_argument("--random-weights", action="store_true",
+                   help=f"{verb} from untrained weights (benchmarks); without it, no weights is an error")
+
+
 def _generate_parser(sub) -> None:
     g = sub.add_parser("generate", help="stream a long video to an mp4",
                        description="Stream a long video to a fragmented mp4 that plays while it grows. Ctrl-C or "
                        "SIGTERM stops and keeps a playable mp4 of what was generated.")
-    g.add_argument("--config", required=True, help="YAML config of the model (architecture, causal window, schedule)")
-    g.add_argument("--checkpoint", default="", help="generator weights: a .safetensors file, index, directory or "
-                   ".pt (default: the config's model.checkpoint); a training run needs 'vidforce export' first")
-    g.add_argument("--random-weights", action="store_true",
-                   help="generate from untrained weights (benchmarks); without it, no weights is an error")
+    _model_flags(g, "architecture, causal window, schedule", "generate",
+                 checkpoint="generator weights: a .safetensors file, index, directory or .pt (default: the config's "
+                 "model.checkpoint); a training run needs 'vidforce export' first")
     g.add_argument("--prompt", default="", help="one prompt for the whole video")
     g.add_argument("--prompts-file", default="", help="txt / jsonl of prompts, spread evenly over the video")
     g.add_argument("--schedule", default="", help="prompt switches: '0:a cat;5:a dog' (seconds) or a JSON file")
@@ -100,11 +107,8 @@ def _serve_parser(sub) -> None:
                        "that switches the prompt at the next chunk boundary, start / pause / reset, FPS and latency, "
                        "save as mp4. Every browser that opens the page sees the same stream. Binds to localhost "
                        "unless --host says otherwise. Ctrl-C or SIGTERM stops the server.")
-    s.add_argument("--config", required=True, help="YAML config of the model (a rolling causal.window is needed)")
-    s.add_argument("--checkpoint", default="", help="generator weights, as for generate (default: the config's "
-                   "model.checkpoint)")
-    s.add_argument("--random-weights", action="store_true",
-                   help="stream from untrained weights (benchmarks); without it, no weights is an error")
+    _model_flags(s, "a rolling causal.window is needed", "stream",
+                 checkpoint="generator weights, as for generate (default: the config's model.checkpoint)")
     s.add_argument("--prompt", default="", help="the prompt the page starts with (it can be edited there)")
     s.add_argument("--image", default="", metavar="PATH", help=IMAGE_HELP + "; every stream starts from it")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only; "

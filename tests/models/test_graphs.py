@@ -8,34 +8,15 @@ import torch
 from vidforce import components, config
 from vidforce.models.build import build_generator
 from vidforce.models.graphs import GraphedChunks
-from vidforce.sampling import Sampler, chunk_step, stream_step
+from vidforce.sampling import Sampler
 from vidforce.streaming import Streamer
-from tests.models.helpers import tiny_arch, tiny_causal
+from tests.models.helpers import stream_chunks, stream_inputs, tiny_arch, tiny_causal
 
 SAMPLER = Sampler((1.0, 0.75, 0.5), 0.0)
 
 
 def _stream(net, model, noise, kv, fused=False, device="cpu"):
-    f = model.frames_per_chunk
-    cache = net.new_cache(1, noise.shape[3], noise.shape[4], noise.shape[1], device, torch.float32)
-    outs, pending, rng = [], None, torch.Generator(device).manual_seed(7)
-    with torch.no_grad():
-        for start in range(0, noise.shape[1], f):
-            chunk = noise[:, start:start + f]
-            if fused:
-                x0, pending = stream_step(net, chunk, cache, start, kv, SAMPLER, rng, pending)
-            else:
-                x0 = chunk_step(net, chunk, cache, start, kv, SAMPLER, SAMPLER.last, False, rng)
-            outs.append(x0)
-    return torch.cat(outs, 1), cache
-
-
-def _inputs(model, frames=21, device="cpu"):
-    g = torch.Generator().manual_seed(3)
-    noise = torch.randn(1, frames, model.arch.in_dim, 4, 4, generator=g).to(device)
-    ctx = torch.randn(1, model.arch.text_len, model.arch.text_dim, generator=g).to(device)
-    with torch.no_grad():
-        return noise, model.text_kv(ctx)
+    return stream_chunks(net, noise, kv, SAMPLER, fused, model.frames_per_chunk, device)
 
 
 @pytest.mark.parametrize("rope,time_to", [("absolute", False), ("relative", False), ("absolute", True)])
@@ -43,7 +24,7 @@ def _inputs(model, frames=21, device="cpu"):
 def test_static_buffers_give_the_plain_outputs_bit_for_bit(rope, time_to, fused):
     """``time_to``: a flow-map generator, whose chunk forwards carry a second time (a static buffer too)."""
     model = tiny_causal(window=9, sink=3, rope_mode=rope, arch=tiny_arch(time_to=time_to))
-    noise, kv = _inputs(model)                                   # 7 chunks: the ring turns over twice
+    noise, kv = stream_inputs(model)                             # 7 chunks: the ring turns over twice
     plain, plain_cache = _stream(model, model, noise, kv, fused)
     runner = GraphedChunks(model, capture=False)
     graphed, cache = _stream(runner, model, noise, kv, fused)
@@ -61,7 +42,7 @@ def test_static_buffers_give_the_plain_outputs_bit_for_bit(rope, time_to, fused)
 
 def test_a_second_stream_reuses_the_cache_and_graphs():
     model = tiny_causal(window=7, sink=1)
-    noise, kv = _inputs(model)
+    noise, kv = stream_inputs(model)
     runner = GraphedChunks(model, capture=False)
     first, cache = _stream(runner, model, noise, kv)
     graphs = dict(runner.graphs)
@@ -72,18 +53,22 @@ def test_a_second_stream_reuses_the_cache_and_graphs():
 
 
 def test_forwards_that_cannot_be_captured_run_eagerly():
+    """They make no graph and give the model's own outputs, bit for bit."""
     model = tiny_causal(window=9, sink=3)
-    noise, kv = _inputs(model, frames=15)
+    noise, kv = stream_inputs(model, frames=15)
     runner = GraphedChunks(model, capture=False)
+    t = torch.full((1, 3), 500.0)
     wide = model.new_cache(1, 4, 4, 15, "cpu", torch.float32, extra_capacity=3)   # gathered reads: not static
+    plain = model.new_cache(1, 4, 4, 15, "cpu", torch.float32, extra_capacity=3)
     with torch.no_grad():
         for start in range(0, 15, 3):
-            out = runner.forward_chunk(noise[:, start:start + 3], torch.full((1, 3), 500.0), wide, start, True,
-                                       text_kv=kv)
+            out = runner.forward_chunk(noise[:, start:start + 3], t, wide, start, True, text_kv=kv)
+            assert torch.equal(out, model.forward_chunk(noise[:, start:start + 3], t, plain, start, True, text_kv=kv))
     assert not runner.graphs and out.shape == (1, 3, model.arch.in_dim, 4, 4)
     cache = runner.new_cache(1, 4, 4, 15, "cpu", torch.float32)
-    out = runner.forward_chunk(noise[:, :3], torch.full((1, 3), 500.0), cache, 0, False, text_kv=kv)  # grad, read-only
+    out = runner.forward_chunk(noise[:, :3], t, cache, 0, False, text_kv=kv)   # grad, read-only
     assert not runner.graphs and out.requires_grad
+    assert torch.equal(out, model.forward_chunk(noise[:, :3], t, cache, 0, False, text_kv=kv))
 
 
 def test_streamer_with_the_runner_follows_a_prompt_switch():
@@ -105,7 +90,7 @@ def test_streamer_with_the_runner_follows_a_prompt_switch():
 @pytest.mark.parametrize("fused", [False, True])
 def test_captured_graphs_replay_the_plain_outputs(fused):
     model = tiny_causal(window=9, sink=3).cuda()
-    noise, kv = _inputs(model, device="cuda")
+    noise, kv = stream_inputs(model, device="cuda")
     plain, plain_cache = _stream(model, model, noise, kv, fused, "cuda")
     runner = GraphedChunks(model, capture=True)
     for _ in range(2):                               # the first stream captures, the second only replays

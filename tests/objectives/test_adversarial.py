@@ -14,7 +14,7 @@ from vidforce.objectives.dmd2 import backward_simulation
 from vidforce.objectives.gan import finite_difference_penalty, hinge_discriminator_loss, hinge_generator_loss
 from vidforce.objectives.ladd import logit_normal_sigma
 from vidforce.rollout import RolloutPlan
-from vidforce.sampling import Sampler
+from vidforce.sampling import Guidance, Sampler, euler_grid
 from vidforce.toy.nets import MLPDenoiser
 from tests.models.helpers import tiny_arch
 
@@ -194,10 +194,25 @@ def test_losses_are_finite_and_train_their_networks(name):
 
 
 def test_ladd_synthetic_clips_come_from_the_teachers_euler_ode():
+    """Two guided Euler steps of the teacher (the critic's backbone) from the step's noise (replayed): each step
+    calls it with the conditional then the unconditional text at ``1000 s`` and moves by ``(s' - s)`` times the
+    guided flow; the clips are drawn once per step context."""
     objective, ctx = _video_ctx("ladd", 0, "objective.ladd.teacher_steps=2")
     assert objective.data == "prompts"
+    ctx.batch.uncond = torch.randn(ctx.batch.cond.shape, generator=torch.Generator().manual_seed(9))  # guidance shows
+    calls = _record_calls(ctx.nets.critic)
     clips = objective.data_clips(ctx)
     assert clips.shape == (2, 6, *ctx.latent_shape) and objective.data_clips(ctx) is clips      # once per step
+    grid = euler_grid(2, ctx.cfg.schedule.shift)
+    guidance = Guidance.from_config(ctx.cfg.objective.guidance)
+    assert not guidance.unguided and len(calls) == 4 and 0 < grid[1] < 1
+    x = torch.randn(2, 6, *ctx.latent_shape, generator=torch.Generator().manual_seed(3))
+    for k in range(2):
+        (x_c, t_c, v_c), (x_u, t_u, v_u) = calls[2 * k:2 * k + 2]
+        assert torch.equal(x_c, x) and torch.equal(x_u, x) and not torch.equal(v_c, v_u)
+        assert torch.equal(t_c, t_u) and torch.allclose(t_c, torch.full_like(t_c, 1000 * grid[k]))
+        x = x + (grid[k + 1] - grid[k]) * guidance.combine(v_c, v_u)
+    torch.testing.assert_close(clips, x, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("overrides, match", [

@@ -123,12 +123,17 @@ def test_only_the_window_is_credited_and_the_reference_anchors():
     assert sum(p.grad.abs().sum() for p in ctx.nets.generator.parameters() if p.grad is not None) > 0
 
 
-def test_generator_loss_is_finite_and_reaches_the_generator():
+def test_generator_loss_is_zero_on_policy_and_its_gradient_reaches_only_the_generator():
+    """On policy (ratio 1) with the reference still equal to the generator, the loss is ``-mean(A) + 0 KL = 0``
+    (advantages are normalised within each group), while its gradient, the advantage-weighted score, is not."""
     ctx = _ctx("schedule.denoising_steps=[1000,500]")
     objective = build(ctx.cfg)
     loss, logs = objective.generator_loss(ctx)
     loss.backward()
-    assert torch.isfinite(loss) and math.isfinite(logs["grpo_reward"])
+    assert math.isfinite(logs["grpo_reward"]) and logs["grpo_kl"] == 0
+    assert loss.item() == pytest.approx(0.0, abs=1e-6) and logs["grpo_policy_loss"] == pytest.approx(0.0, abs=1e-6)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in ctx.nets.generator.parameters())
+    assert all(p.grad is None for p in ctx.nets.reference.parameters())
     assert objective.networks == ("generator", "reference") and not objective.critic_turn(0)
 
 

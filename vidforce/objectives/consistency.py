@@ -16,6 +16,7 @@ input (``model.time_to``), sCM a JVP of the DiT (attention ``math`` or ``jvp``).
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from typing import Callable
 
 import torch
@@ -269,10 +270,9 @@ def ctm_sample(flow2: Flow2, noise: Tensor, sigmas: tuple[float, ...], gamma: fl
 
 # ---------------------------------------------------------------- video plugins (CD, CT, LCM, sCM, CTM)
 
-class _VideoConsistency(Objective):
-    """Data clips ``x0 [B, T, C, H, W]``; one grid pair ``(s_{n+k}, s_n)`` per sample, the same for every frame.
-    Student: the causal generator over the full sequence; target: the same network under ``no_grad``. The
-    curriculum reads the step from :meth:`generator_turn` (called by the trainer before each generator loss)."""
+class _VideoClips(Objective):
+    """A video plugin on data clips with the frozen teacher; ``step`` is the latest :meth:`generator_turn`'s
+    (called by the trainer before each generator loss), read by curricula and warm-ups."""
     data = "videos"
     networks = ("generator", "teacher")
 
@@ -283,6 +283,12 @@ class _VideoConsistency(Objective):
     def generator_turn(self, step: int) -> bool:
         self.step = step
         return True
+
+
+class _VideoConsistency(_VideoClips, ABC):
+    """Data clips ``x0 [B, T, C, H, W]``; one grid pair ``(s_{n+k}, s_n)`` per sample, the same for every frame.
+    Student: the causal generator over the full sequence; target: the same network under ``no_grad``. The
+    curriculum reads the step of :meth:`generator_turn`; subclasses give the :meth:`loss` of one grid pair."""
 
     def grid(self) -> tuple[int, float, int]:
         """``(intervals, rho, skip)`` of this step."""
@@ -303,8 +309,9 @@ class _VideoConsistency(Objective):
         loss = self.loss(ctx, clips.generator_flow(ctx), x0, eps, s, s_prev)
         return loss, {f"{self.name}_loss": loss.item(), f"{self.name}_intervals": float(n_int)}
 
+    @abstractmethod
     def loss(self, ctx: StepContext, student: Flow, x0: Tensor, eps: Tensor, s: Tensor, s_prev: Tensor) -> Tensor:
-        raise NotImplementedError
+        """The scalar loss of the grid pair ``s = s_{n+k}``, ``s_prev = s_n`` (``[B, T]``) on ``(x0, eps)``."""
 
 
 class CD(_VideoConsistency):
@@ -339,22 +346,15 @@ class LCM(_VideoConsistency):
                         self.cfg.objective.lcm.huber_c)
 
 
-class SCM(Objective):
+class SCM(_VideoClips):
     """sCD on data clips: TrigFlow time ``t`` per sample from sCM's proposal, the teacher's ``dx/dt``, the tangent
     of the generator's own stop-gradient copy (one ``torch.func.jvp`` through the block-causal DiT), tangent
     warm-up over the generator's turns."""
     name = "scm"
-    data = "videos"
-    networks = ("generator", "teacher")
 
     def __init__(self, cfg):
         super().__init__(cfg)
         clips.require_jvp_attention(cfg, self.name)
-        self.step = 0
-
-    def generator_turn(self, step: int) -> bool:
-        self.step = step
-        return True
 
     def generator_loss(self, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
         c = self.cfg.objective.scm
@@ -368,12 +368,10 @@ class SCM(Objective):
         return loss, {"scm_loss": loss.item(), "scm_warmup": r}
 
 
-class CTM(Objective):
+class CTM(_VideoClips):
     """CTM on data clips: ``(t, u, s)`` per sample (:func:`vidforce.objectives.flowmap.map_times`), the student
     ``G_theta(x, t, s)`` through the generator's second time, ``G_sg`` the same network held, the teacher's ODE."""
     name = "ctm"
-    data = "videos"
-    networks = ("generator", "teacher")
 
     def __init__(self, cfg):
         super().__init__(cfg)

@@ -146,8 +146,7 @@ class LiveSession:
                     raise ValueError("type a prompt first: no stream is running")
                 self._begin(prompt)
                 message = f"started with {prompt!r}"
-        self.say(message)
-        self.on_status()
+        self._announce(message)
         return message
 
     def pause(self) -> str:
@@ -156,8 +155,7 @@ class LiveSession:
                 raise ValueError(f"nothing to pause: the stream is {self.state}")
             self.state = "paused"
             message = f"paused at latent frame {self._landing()} (the next chunk boundary)"
-        self.say(message)
-        self.on_status()
+        self._announce(message)
         return message
 
     def reset(self) -> str:
@@ -167,8 +165,7 @@ class LiveSession:
             self._cond.notify_all()
             stream = self._stream
         self.recording.discard(stream)
-        self.say("reset: the stream is stopped and its recording dropped")
-        self.on_status()
+        self._announce("reset: the stream is stopped and its recording dropped")
         return "reset"
 
     def request(self, prompt: str) -> str:
@@ -180,9 +177,13 @@ class LiveSession:
             else:
                 self._request(prompt)
                 message = f"prompt queued: switches at latent frame {self._landing()} (the next chunk boundary)"
-        self.say(f"{message}: {prompt!r}" if message.startswith("prompt") else message)
-        self.on_status()
+        self._announce(f"{message}: {prompt!r}" if message.startswith("prompt") else message)
         return message
+
+    def _announce(self, line: str) -> None:
+        """Log ``line`` and push the new status to the viewers (called outside the lock)."""
+        self.say(line)
+        self.on_status()
 
     def taken(self) -> None:
         """The consumer began to play a chunk: one more chunk may be made."""
@@ -304,5 +305,4 @@ class LiveSession:
             if stream != self._stream:
                 return
             self.state, self.note = state, message
-        self.say(message)
-        self.on_status()
+        self._announce(message)

@@ -7,6 +7,8 @@ from safetensors.torch import save_file
 from vidforce.models.codecs import Codec, TAEHV
 from vidforce.models.codecs.taehv import TGrow, TPool, run_stream
 
+from tests.models.codecs.helpers import checkpoint_round_trip
+
 TINY = dict(latent_channels=4, encoder_dim=4, decoder_dims=(8, 8, 4, 4))
 
 
@@ -145,12 +147,7 @@ def test_full_size_state_dict_has_the_published_taew2_1_layout():
 @torch.no_grad()
 def test_checkpoint_round_trip(tmp_path, suffix):
     codec = tiny()
-    path = tmp_path / f"taew2_1{suffix}"
-    state = {k: v.contiguous() for k, v in codec.state_dict().items()}
-    torch.save(state, path) if suffix == ".pth" else save_file(state, path)
-    loaded = TAEHV.from_checkpoint(path, **TINY)
-    assert not any(p.requires_grad for p in loaded.parameters()) and not loaded.training
-    assert all(torch.equal(value, state[key]) for key, value in loaded.state_dict().items())
+    loaded = checkpoint_round_trip(codec, tmp_path / f"taew2_1{suffix}", **TINY)
     z = latents(2)
     torch.testing.assert_close(loaded.decode(z), codec.decode(z), rtol=0, atol=1e-6)
 

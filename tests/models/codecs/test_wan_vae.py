@@ -6,6 +6,8 @@ from vidforce.models.codecs import Codec, WanVAE
 from vidforce.models.codecs.wan_vae import WAN_LATENT_MEAN, WAN_LATENT_STD
 from vidforce.models.codecs.wan_vae_blocks import Downsample, FeatureCache, Upsample
 
+from tests.models.codecs.helpers import checkpoint_round_trip
+
 MEAN = (0.5, -0.25, 0.0, 1.0)
 STD = (2.0, 0.5, 1.0, 1.5)
 TINY = dict(dim=8, z_dim=4, latent_mean=MEAN, latent_std=STD)
@@ -189,12 +191,7 @@ def test_full_size_state_dict_uses_official_names_and_shapes():
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
 @torch.no_grad()
 def test_checkpoint_round_trip(vae, tmp_path, suffix):
-    path = tmp_path / f"vae{suffix}"
-    state = {k: v.contiguous() for k, v in vae.state_dict().items()}
-    torch.save(state, path) if suffix == ".pth" else save_file(state, path)
-    loaded = WanVAE.from_checkpoint(path, **TINY)
-    assert not any(p.requires_grad for p in loaded.parameters()) and not loaded.training
-    assert all(torch.equal(value, state[key]) for key, value in loaded.state_dict().items())
+    loaded = checkpoint_round_trip(vae, tmp_path / f"vae{suffix}", **TINY)
     # identical weights; outputs agree to rounding (safetensors buffers may be aligned differently)
     v = video(5)
     torch.testing.assert_close(loaded.encode(v), vae.encode(v), rtol=0, atol=1e-5)
