@@ -68,6 +68,22 @@ def main() -> None:
                    help="then profile one critic and one generator turn (top ops, device-busy share; 1 GPU)")
     p.add_argument("--local_rank", type=int, default=-1)
     args = p.parse_args()
+    run = bench_setup(args)
+    peak = matmul_tflops(run.device)
+    times = time_turns(run, args.reps)
+    ops = {}
+    if args.profile:
+        if dist.world_size() > 1:
+            raise SystemExit("--profile runs in a world of one (one GPU)")
+        batches = [run.source.next()]
+        for role in ("critic", "generator"):
+            ops[role] = profile_ops(lambda: run_turn(run, role, args.reps + 1, batches), run.device, args.out,
+                                    f"train_{role}_z{args.zero}_ac{args.ac}")
+    report(args, run.cfg, run, times, peak, ops)
+
+
+def bench_setup(args, extra: tuple[str, ...] = ()):
+    """The trainer's ``Run`` (models, engines) of the benchmark config of ``args`` plus ``extra`` overrides."""
     lh, lw = (int(v) for v in args.latent.split("x"))
     prompts = Path(tempfile.mkdtemp()) / "prompts.txt"
     prompts.write_text("\n".join(f"a red circle number {i}" for i in range(64)) + "\n")
@@ -76,14 +92,18 @@ def main() -> None:
                       f"data.prompts={prompts}", f"train.generator_zero_stage={args.zero}",
                       f"train.critic_zero_stage={args.zero}", f"train.activation_checkpointing={bool(args.ac)}",
                       "train.precision=bf16", f"train.compile={bool(args.compile)}", "train.resume=none", f"train.run_dir={prompts.parent / 'run'}",
-                      "logging.wandb=false", "logging.progress=false", f"train.device={args.device}"])
+                      "logging.wandb=false", "logging.progress=false", f"train.device={args.device}", *extra])
     t0 = time.perf_counter()
     run = setup(cfg)
     if dist.rank() == 0:
         print(f"set-up (models, engines): {time.perf_counter() - t0:.1f} s", flush=True)
-    peak = matmul_tflops(run.device)
+    return run
+
+
+def time_turns(run, reps: int) -> dict[str, list[float]]:
+    """Seconds of each critic and generator turn (``trainer.run_turn``) over ``reps`` iterations after one warm-up."""
     times: dict[str, list[float]] = {"critic": [], "generator": []}
-    for step in range(args.reps + 1):
+    for step in range(reps + 1):
         batches = [run.source.next()]
         for role in ("critic", "generator"):
             sync(run.device)
@@ -94,24 +114,18 @@ def main() -> None:
                 times[role].append(time.perf_counter() - t)
             if dist.rank() == 0:
                 print(f"iteration {step} {role} turn: {time.perf_counter() - t:.2f} s", flush=True)
-    ops = {}
-    if args.profile:
-        if dist.world_size() > 1:
-            raise SystemExit("--profile runs in a world of one (one GPU)")
-        batches = [run.source.next()]
-        for role in ("critic", "generator"):
-            ops[role] = profile_ops(lambda: run_turn(run, role, args.reps + 1, batches), run.device, args.out,
-                                    f"train_{role}_z{args.zero}_ac{args.ac}")
-    report(args, cfg, run, times, peak, ops)
+    return times
 
 
-def report(args, cfg, run, times: dict[str, list[float]], peak: float, ops: dict) -> None:
+def report(args, cfg, run, times: dict[str, list[float]], peak: float, ops: dict, name: str = "",
+           extra: dict | None = None) -> dict:
     from vidforce.config import arch_of  # noqa: PLC0415
     arch, tpf = arch_of(cfg.model), cfg.data.latent_height * cfg.data.latent_width // 4
     tokens = cfg.rollout.num_frames * tpf
     row = {"gpus": dist.world_size(), "zero": args.zero, "activation_ckpt": bool(args.ac), "compile": bool(args.compile),
            "gpu": torch.cuda.get_device_name() if run.device.type == "cuda" else "cpu", "matmul_tflops": peak,
-           "peak_gib": torch.cuda.max_memory_allocated() / 2 ** 30 if run.device.type == "cuda" else 0.0}
+           "peak_gib": torch.cuda.max_memory_allocated() / 2 ** 30 if run.device.type == "cuda" else 0.0,
+           **(extra or {})}
     for role, ts in times.items():
         t = statistics.median(ts)
         flops = turn_flops(arch, cfg.rollout.num_frames, cfg.causal.frames_per_chunk, tpf,
@@ -124,9 +138,10 @@ def report(args, cfg, run, times: dict[str, list[float]], peak: float, ops: dict
     if dist.rank() == 0:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        name = f"train_g{row['gpus']}_z{args.zero}_ac{args.ac}_c{args.compile}.json"
+        name = name or f"train_g{row['gpus']}_z{args.zero}_ac{args.ac}_c{args.compile}.json"
         (out / name).write_text(json.dumps(row, indent=2))
         print("RESULT " + json.dumps(row))
+    return row
 
 
 if __name__ == "__main__":

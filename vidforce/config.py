@@ -291,6 +291,22 @@ class OptimConfig:
     min_lr_ratio: float = 0.0       # cosine: the last update's LR / the base LR
 
 
+LORA_TARGETS = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o", "cross_attn.q", "cross_attn.k",
+                "cross_attn.v", "cross_attn.o", "ffn.0", "ffn.2")
+
+
+@dataclass
+class LoRAConfig:
+    """LoRA over one frozen base shared by teacher, generator and critic (models/lora.py): the teacher is the base
+    with adapters off, the generator and a critic that copies the teacher are the base plus their own adapter."""
+    enabled: bool = False           # off: full fine-tuning (the generator and critic are copies of their own)
+    rank: int = 64                  # r of every adapter (delta W = (alpha / r) B A, B [out, r], A [r, in])
+    alpha: float = 64.0             # scale numerator: delta W = (alpha / rank) B A
+    dropout: float = 0.0            # dropout on the adapter's input (training only)
+    target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))  # linears of each DiT block
+                                    # adapted, of LORA_TARGETS (attention q/k/v/o, the FFN's two linears)
+
+
 @dataclass
 class TrainConfig:
     steps: int = 100                # training iterations (critic turns count every step, the generator its own)
@@ -310,6 +326,7 @@ class TrainConfig:
     teacher_zero3: bool = False     # partition the frozen teacher (ZeRO-3) instead of replicating it
     dist_timeout_s: int = 600       # a rank silent this long (no loop progress) ends the job, named (watchdog.py)
     device: str = "auto"            # auto | cpu | cuda
+    sequence_parallel: int = 1      # Ulysses degree: ranks that split each DiT forward by tokens (one micro-batch)
 
 
 @dataclass
@@ -389,6 +406,7 @@ class VidforceConfig:
     stream: StreamConfig = field(default_factory=StreamConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
 
 
 CHOICES: dict[str, tuple] = {
@@ -427,7 +445,7 @@ POSITIVE = ("objective.gan.r_sigma", "causal.frames_per_chunk", "rollout.num_fra
             "train.steps", "train.batch_size", "train.grad_accum", "train.checkpoint_every", "train.keep_last", "train.log_every",
             "data.latent_height", "data.latent_width", "data.fps", "codec.spatial_factor", "train.dist_timeout_s",
             "drift.window_seconds", "drift.horizon_multiple", "schedule.shift", "objective.ladd.sigma_scale",
-            "objective.grpo.clip", "objective.grpo.adv_clip")
+            "objective.grpo.clip", "objective.grpo.adv_clip", "lora.rank", "lora.alpha")
 NON_NEGATIVE = ("causal.window", "causal.sink", "rollout.grad_chunks", "rollout.long_frames", "optim.generator_lr",
                 "objective.scm.warmup_steps", "objective.ctm.dsm_weight", "objective.flowmap_semigroup.diag_weight",
                 "optim.critic_lr", "optim.weight_decay", "optim.grad_clip", "optim.ema_start",
@@ -459,6 +477,51 @@ def _validate_model(m: ModelConfig, name: str) -> None:
     for f in ("dim", "ffn_dim", "num_heads", "num_layers", "text_dim", "freq_dim", "in_dim", "out_dim", "text_len"):
         if getattr(m, f) < 1:
             raise ValueError(f"{name}.{f} must be >= 1, got {getattr(m, f)}")
+
+
+def _validate_lora(cfg: VidforceConfig) -> None:
+    """LoRA values; with ``lora.enabled`` the generator and teacher must be one model (one shared base)."""
+    lo = cfg.lora
+    if not 0 <= lo.dropout < 1:
+        raise ValueError(f"lora.dropout must be in [0, 1), got {lo.dropout}")
+    bad = [t for t in lo.target_modules if t not in LORA_TARGETS]
+    if bad or not lo.target_modules:
+        raise ValueError(f"lora.target_modules must be a non-empty list of {LORA_TARGETS}, "
+                         f"got {list(lo.target_modules)}")
+    if not lo.enabled:
+        return
+    if cfg.train.teacher_zero3:
+        raise ValueError("train.teacher_zero3 partitions a teacher of its own: with lora.enabled the teacher is the "
+                         "shared base (set train.teacher_zero3=false)")
+    stages = ("train.generator_zero_stage",) + (("train.critic_zero_stage",) if cfg.critic.preset == "teacher" else ())
+    for key in stages:
+        if _get(cfg, key) == 3:
+            raise ValueError(f"{key} is 3, but ZeRO-3 gathers parameters in their own module's forward, which an "
+                             "adapter (hooks on the shared base) never runs: use 0, 1 or 2 with lora.enabled")
+    for f in (f.name for f in dataclasses.fields(ModelConfig)):
+        if f in ("preset", "checkpoint", "checkpoint_key"):
+            continue
+        if _get(cfg, f"model.{f}") != _get(cfg, f"teacher.{f}"):
+            raise ValueError(f"teacher.{f} ({_get(cfg, f'teacher.{f}')!r}) must equal model.{f} "
+                             f"({_get(cfg, f'model.{f}')!r}): with lora.enabled they are one shared base")
+    if cfg.model.checkpoint and cfg.teacher.checkpoint and cfg.model.checkpoint != cfg.teacher.checkpoint:
+        raise ValueError(f"model.checkpoint ({cfg.model.checkpoint}) must be empty or equal teacher.checkpoint "
+                         f"({cfg.teacher.checkpoint}): with lora.enabled they are one shared base")
+
+
+def _validate_sequence_parallel(cfg: VidforceConfig) -> None:
+    """``train.sequence_parallel`` must divide every trained or scoring DiT's heads and tokens per frame."""
+    sp = cfg.train.sequence_parallel
+    if sp < 1:
+        raise ValueError(f"train.sequence_parallel must be >= 1, got {sp}")
+    for name in ("model", "teacher", "critic"):
+        m = _get(cfg, name)
+        if name == "critic" and m.preset == "teacher":
+            continue
+        tokens = (cfg.data.latent_height // m.patch_size[1]) * (cfg.data.latent_width // m.patch_size[2])
+        if m.num_heads % sp or tokens % sp:
+            raise ValueError(f"train.sequence_parallel ({sp}) must divide {name}.num_heads ({m.num_heads}) and the "
+                             f"tokens per frame ({tokens})")
 
 
 def validate(cfg: VidforceConfig) -> VidforceConfig:
@@ -521,6 +584,8 @@ def validate(cfg: VidforceConfig) -> VidforceConfig:
     for key in ("train.generator_zero_stage", "train.critic_zero_stage"):
         if _get(cfg, key) not in (0, 1, 2, 3):
             raise ValueError(f"{key} must be 0, 1, 2 or 3, got {_get(cfg, key)}")
+    _validate_lora(cfg)
+    _validate_sequence_parallel(cfg)
     for name in ("teacher", "critic"):
         if cfg.model.text_dim != _get(cfg, f"{name}.text_dim"):
             raise ValueError(f"model.text_dim ({cfg.model.text_dim}) must equal {name}.text_dim "

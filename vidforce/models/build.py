@@ -17,6 +17,7 @@ from vidforce.config import ModelConfig, VidforceConfig, arch_of
 from vidforce.models.causal import CausalWan
 from vidforce.models.loading import (CONFIG_JSON, Checkpoint, infer_arch, load_into, metadata_model_config, plain,
                                      stated_arch)
+from vidforce.models.lora import SharedBase
 from vidforce.models.wan import WanModel
 
 ARCH_FIELDS = ("dim", "ffn_dim", "num_heads", "num_layers", "text_dim", "freq_dim", "in_dim", "out_dim",
@@ -106,3 +107,23 @@ def build_generator(cfg: VidforceConfig, device: torch.device | str, dtype: torc
     c = cfg.causal
     return _build(lambda: CausalWan(arch_of(cfg.model), c.frames_per_chunk, c.window, c.sink, c.rope_mode,
                                     c.attention, c.full_sequence), cfg.model, "model", device, dtype)
+
+
+def build_shared(cfg: VidforceConfig, roles: tuple[str, ...], device: torch.device | str,
+                 dtype: torch.dtype) -> SharedBase:
+    """With ``lora.enabled``: the frozen base (``cfg.model``'s causal DiT, weights from ``teacher.checkpoint`` or
+    else ``model.checkpoint``; ``config.validate`` makes them one) in ``dtype``, with an fp32 adapter per role."""
+    c, lo = cfg.causal, cfg.lora
+    field_name = "teacher" if cfg.teacher.checkpoint else "model"
+    model_cfg = cfg.teacher if cfg.teacher.checkpoint else cfg.model
+    base = _build(lambda: CausalWan(arch_of(cfg.model), c.frames_per_chunk, c.window, c.sink, c.rope_mode,
+                                    c.attention, c.full_sequence), model_cfg, field_name, device, dtype)
+    return SharedBase(base.eval(), roles, lo.target_modules, lo.rank, lo.alpha, lo.dropout)
+
+
+def merged_generator(cfg: VidforceConfig, adapter: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Full fp32 generator weights of a LoRA run: its base (built on CPU as training built it: seeded by
+    ``train.seed``, in the training precision) with the generator adapter's weights ``adapter`` merged in."""
+    torch.manual_seed(cfg.train.seed)
+    dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
+    return build_shared(cfg, ("generator",), "cpu", dtype).merged_state_dict("generator", adapter)

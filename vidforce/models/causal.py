@@ -201,10 +201,12 @@ class CausalWan(WanModel):
 
     def new_cache(self, batch: int, height: int, width: int, num_frames: int, device, dtype,
                   extra_capacity: int = 0) -> KVCache:
-        """An empty cache for latents of ``height x width``; ``window=0`` means all ``num_frames``."""
+        """An empty cache for latents of ``height x width``; ``window=0`` means all ``num_frames``. With sequence
+        parallelism it holds this rank's ``heads / size`` heads of every token."""
         _, h, w = self.grid(1, height, width)
         window = self.window or num_frames
-        return KVCache(self.arch.num_layers, batch, self.arch.num_heads, self.arch.head_dim, h * w, window,
+        heads = self.arch.num_heads // (self.sequence.size if self.sequence is not None else 1)
+        return KVCache(self.arch.num_layers, batch, heads, self.arch.head_dim, h * w, window,
                        self.sink, device, dtype, self.relative, capacity=window + extra_capacity)
 
     def forward_chunk(self, x: Tensor, t: Tensor, cache: KVCache, start: int, write: bool,

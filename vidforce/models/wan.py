@@ -56,6 +56,25 @@ class AttentionPlan(Protocol):
     def __call__(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor: ...
 
 
+class SequenceShards(Protocol):
+    """Sequence parallelism over ``size`` ranks (``train.sequence_parallel``; ``train/sequence_parallel.py`` holds
+    the collectives, so this file imports no ``torch.distributed``). Each rank keeps ``1/size`` of every frame's
+    tokens; self-attention sees all tokens on ``heads/size`` heads (Ulysses), so the KV cache holds that many."""
+    size: int
+
+    def enter(self, x: Tensor) -> Tensor:
+        """The replicated input latents ``[B, T, C, H, W]`` (identity; the gradient is summed over the ranks)."""
+
+    def shard(self, tokens: Tensor, frames: int) -> Tensor:
+        """All tokens ``[B, T' * hw, dim]`` -> this rank's ``[B, T' * hw / size, dim]``."""
+
+    def attention(self, plan: AttentionPlan, frames: int) -> AttentionPlan:
+        """``plan`` (full sequence, ``heads/size`` heads) as a plan on this rank's tokens and all heads."""
+
+    def gather(self, tokens: Tensor, frames: int) -> Tensor:
+        """This rank's ``[B, T' * hw / size, C]`` -> all tokens ``[B, T' * hw, C]`` (frame-major), replicated."""
+
+
 class BidirectionalPlan:
     """Full attention with RoPE at absolute frame positions ``frame_offset + [0, T')``."""
 
@@ -198,6 +217,8 @@ class WanModel(nn.Module):
         self.head = Head(arch)
         self.rope = Rope(arch.head_dim, arch.rope_max_len)
         self.gradient_checkpointing = False
+        self.sequence: SequenceShards | None = None     # train.sequence_parallel.attach sets it
+        self.recompute_context = ckpt.noop_context_fn   # checkpoint(context_fn=): state a block's recompute needs
         if arch.time_to:
             self.time_to_embedding = nn.Sequential(nn.Linear(arch.freq_dim, d), nn.SiLU(), nn.Linear(d, d))
             nn.init.zeros_(self.time_to_embedding[2].weight)
@@ -261,20 +282,25 @@ class WanModel(nn.Module):
         whose output is then the average flow over ``[t_to, t]``.
         """
         b, f, _, hgt, wid = x.shape
-        grid = self.grid(f, hgt, wid)
+        grid, sp = self.grid(f, hgt, wid), self.sequence
+        x = sp.enter(x) if sp is not None else x
         tokens = self.patch_embedding(x.permute(0, 2, 1, 3, 4).to(self.patch_embedding.weight.dtype))
         tokens = tokens.flatten(2).transpose(1, 2)
         e, e0 = self.time_embed(t, b, grid[0], t_to)
         kv = text_kv if text_kv is not None else self.text_kv(context)
         plan = plan if plan is not None else BidirectionalPlan(self.rope, grid, x.device, self.attention)
+        if sp is not None:
+            tokens, plan = sp.shard(tokens, grid[0]), sp.attention(plan, grid[0])
         for i, blk in enumerate(self.blocks[:features_at]):
             if self.gradient_checkpointing and torch.is_grad_enabled():
-                tokens = ckpt.checkpoint(blk, tokens, e0, kv[i], plan, i, self.attention, use_reentrant=False)
+                tokens = ckpt.checkpoint(blk, tokens, e0, kv[i], plan, i, self.attention, use_reentrant=False,
+                                         context_fn=self.recompute_context)
             else:
                 tokens = blk(tokens, e0, kv[i], plan, i, self.attention)
         if features_at is not None:
-            return tokens
-        return self.unpatchify(self.head(tokens, e), grid)
+            return tokens if sp is None else sp.gather(tokens, grid[0])
+        out = self.head(tokens, e)
+        return self.unpatchify(out if sp is None else sp.gather(out, grid[0]), grid)
 
     def unpatchify(self, out: Tensor, grid: tuple[int, int, int]) -> Tensor:
         """``[B, L, pt*ph*pw*C]`` (official channel order: patch dims first) -> ``[B, T, C, H, W]``."""

@@ -265,10 +265,12 @@ def load_engines(ckpt: Path, engines) -> None:
 def export_generator(run_dir: str | Path, out: str | Path, ema: bool = True, dtype: torch.dtype | None = None,
                      max_shard_bytes: int = 0) -> Path:
     """Write the generator of a run's latest checkpoint (or of a checkpoint dir) as safetensors: EMA or raw
-    (consolidated from any ZeRO stage) weights, fp32 or ``dtype``, with the model config JSON in the metadata
+    (consolidated from any ZeRO stage) weights -- a LoRA run's generator adapter merged into its base
+    (``models.build.merged_generator``) --, fp32 or ``dtype``, with the model config JSON in the metadata
     (``models.loading.config_metadata``). With ``max_shard_bytes`` the file may be split into shards plus an
     index; returns the path to load (``out`` or its ``.index.json``), which ``model.checkpoint`` accepts."""
     from vidforce.config import load  # noqa: PLC0415
+    from vidforce.models.build import merged_generator  # noqa: PLC0415
     from vidforce.models.loading import config_metadata, save_safetensors  # noqa: PLC0415
     ckpt = resolve(run_dir, "export RUN_DIR")
     state = read_trainer_state(ckpt)
@@ -279,6 +281,8 @@ def export_generator(run_dir: str | Path, out: str | Path, ema: bool = True, dty
             raise ValueError(f"{ckpt} holds no generator EMA (no generator update yet); export with --no-ema")
     else:
         weights = consolidated_state_dict(ckpt / "generator", state["stages"]["generator"])
+    if cfg.lora.enabled:
+        weights = merged_generator(cfg, weights)
     if dtype is not None:
         weights = {k: v.to(dtype) for k, v in weights.items()}
     return save_safetensors(weights, out, metadata=config_metadata(cfg.model), max_shard_bytes=max_shard_bytes)[-1]

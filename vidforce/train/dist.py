@@ -85,6 +85,16 @@ def world_size() -> int:
     return tdist.get_world_size() if tdist.is_available() and tdist.is_initialized() else 1
 
 
+def data_rank(sequence_parallel: int) -> int:
+    """This rank's data shard: the ``train.sequence_parallel`` consecutive ranks of a group share one."""
+    return rank() // sequence_parallel
+
+
+def data_world(sequence_parallel: int) -> int:
+    """Number of data shards (sequence-parallel groups)."""
+    return world_size() // sequence_parallel
+
+
 def broadcast_ints(values: list[int]) -> list[int]:
     """Rank 0's ``values`` on every rank (the same list back in a world of one)."""
     if not _active():

@@ -10,6 +10,9 @@
   by a stage-3 engine without optimizer when ``train.teacher_zero3`` (never ``init_inference``).
 - **reference** (``"reference" in objective.networks``): a frozen copy of the generator as built (before any
   checkpoint is loaded, so a resumed run anchors to the same starting weights), in the training precision.
+With ``lora.enabled`` (``models/lora.py``) the three share one frozen base in the training precision: the teacher
+(and reference) is the base, the generator and a teacher-copy critic are views holding their own adapter only (what
+the engines, optimizers, EMA and checkpoints see), so the base weights are held once.
 Every engine gets ``gradient_clipping = optim.grad_clip`` explicitly (DeepSpeed >= 0.19.3 defaults to 1.0)
 and a ``torch.optim.AdamW`` object (no JIT-built Adam). Objectives see the engines' ``.module``s.
 """
@@ -22,9 +25,10 @@ import torch
 from torch import nn
 
 from vidforce.config import critic_copies_teacher
-from vidforce.models.build import build_critic, build_generator, build_teacher
+from vidforce.models.build import build_critic, build_generator, build_shared, build_teacher
 from vidforce.models.wan import WanModel
 from vidforce.objectives import Nets, Objective
+from vidforce.train import sequence_parallel
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -67,9 +71,9 @@ def adamw(module: nn.Module, lr: float, optim) -> torch.optim.AdamW:
     return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=float(optim.weight_decay))
 
 
-def _initialize(module: nn.Module, config: dict, optimizer=None):
+def _initialize(module: nn.Module, config: dict, optimizer=None, mpu=None):
     import deepspeed  # noqa: PLC0415
-    engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer, config=config)
+    engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer, config=config, mpu=mpu)
     return engine
 
 
@@ -97,8 +101,10 @@ def build_modules(cfg, objective: Objective, device: torch.device) -> dict[str, 
     """Plain modules before ``deepspeed.initialize`` for ``objective.networks``: ``generator`` (fp32),
     ``reference`` (its frozen copy), ``critic`` (the teacher's copy or its own model, grad on, in the objective's
     heads), ``teacher`` (frozen, training precision). Seeded so every rank builds the same weights."""
-    networks, dtype = objective.networks, DTYPES[cfg.train.precision]
     torch.manual_seed(cfg.train.seed)
+    if cfg.lora.enabled:
+        return shared_modules(cfg, objective, device)
+    networks, dtype = objective.networks, DTYPES[cfg.train.precision]
     out = {"generator": build_generator(cfg, device, torch.float32).train()}
     if "reference" in networks:
         out["reference"] = copy.deepcopy(out["generator"]).to(dtype).eval().requires_grad_(False)
@@ -114,19 +120,41 @@ def build_modules(cfg, objective: Objective, device: torch.device) -> dict[str, 
     return out
 
 
+def shared_modules(cfg, objective: Objective, device: torch.device) -> dict[str, nn.Module]:
+    """:func:`build_modules` with ``lora.enabled``: one frozen base in the training precision
+    (``models.build.build_shared``); ``generator`` its causal view with the generator adapter, ``critic`` its
+    bidirectional view with the critic adapter (or, with ``critic.preset`` other than ``teacher``, a critic of its
+    own trained in full), ``teacher`` and ``reference`` the base itself (adapters off)."""
+    networks, dtype = objective.networks, DTYPES[cfg.train.precision]
+    copies = "critic" in networks and critic_copies_teacher(cfg)
+    shared = build_shared(cfg, ("generator", "critic") if copies else ("generator",), device, dtype)
+    out = {"generator": shared.view("generator").train()}
+    if "reference" in networks:
+        out["reference"] = shared.base
+    if "critic" in networks:
+        critic = shared.view("critic") if copies else build_critic(cfg, device, dtype).requires_grad_(True)
+        out["critic"] = objective.critic_module(critic.train())
+    if "teacher" in networks:
+        out["teacher"] = shared.base
+    for module in {id(m): m for m in (*out.values(), shared.base)}.values():
+        prepare_dits(module, cfg.train.activation_checkpointing, cfg.train.compile)
+    return out
+
+
 def wrap_engines(cfg, modules: dict[str, nn.Module], universal: bool = False) -> Engines:
-    """Wrap the plain modules of :func:`build_modules` into DeepSpeed engines."""
+    """Wrap the plain modules of :func:`build_modules` into DeepSpeed engines (with ``train.sequence_parallel > 1``
+    on DeepSpeed's Ulysses groups: gradients summed over a sequence-parallel group, ZeRO over every rank)."""
     t, o = cfg.train, cfg.optim
-    gen = modules["generator"]
+    gen, mpu = modules["generator"], sequence_parallel.mpu(t.sequence_parallel)
     engines = Engines(_initialize(gen, ds_config(cfg, t.generator_zero_stage, universal),
-                                  adamw(gen, base_lr(o, "generator"), o)))
+                                  adamw(gen, base_lr(o, "generator"), o), mpu))
     if "critic" in modules:
         critic = modules["critic"]
         engines.critic = _initialize(critic, ds_config(cfg, t.critic_zero_stage, universal),
-                                     adamw(critic, base_lr(o, "critic"), o))
+                                     adamw(critic, base_lr(o, "critic"), o), mpu)
     engines.reference = modules.get("reference")
     if "teacher" in modules:
         engines.teacher = modules["teacher"]
         if t.teacher_zero3:
-            engines.teacher_engine = _initialize(engines.teacher, ds_config(cfg, 3))
+            engines.teacher_engine = _initialize(engines.teacher, ds_config(cfg, 3), mpu=mpu)
     return engines

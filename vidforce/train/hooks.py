@@ -61,7 +61,7 @@ class DriftHook:
         weights = ema.shadow if self.cfg.drift.ema else full_state_dict(generator, keep=dist.rank() == 0)
         results = []
         if dist.rank() == 0:
-            model = self.model(weights)
+            model = self.model(generator.merged_state_dict(weights) if self.cfg.lora.enabled else weights)
             for i, prompt in enumerate(self.cfg.drift.prompts):
                 for seed in self.cfg.drift.seeds:
                     out = self.run_dir / "drift" / f"step_{step:06d}" / f"p{i}_s{seed}"

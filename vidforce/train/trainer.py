@@ -5,7 +5,9 @@ the critic engine runs backward + step on each of them, then, if ``objective.gen
 generator engine does, followed by the EMA update. Each turn draws one ``RolloutPlan`` on rank 0 from a
 generator seeded by ``(train.seed, step, role)`` and broadcasts it, so every rank runs the same graph. The
 noise generator of micro-batch ``m`` is seeded by ``(train.seed, step, role, m * world + rank)``: a 1-process
-run with ``grad_accum = W`` and a W-process run with ``grad_accum = 1`` see the same samples and noise.
+run with ``grad_accum = W`` and a W-process run with ``grad_accum = 1`` see the same samples and noise. With
+``train.sequence_parallel = P`` world and rank count data shards (``dist.data_world``): the P ranks of a group
+draw the same micro-batch and noise and split each DiT forward (``sequence_parallel.py``).
 The trainer holds no loss maths: it only calls ``objective.critic_loss`` / ``generator_loss``.
 
 Everything a config can get wrong (input files, data paths, the run directory, a rerun with other settings)
@@ -34,7 +36,7 @@ from vidforce.objectives import StepContext
 from vidforce.objectives.base import frozen
 from vidforce.rollout import draw_plan
 from vidforce.sampling import Sampler
-from vidforce.train import checkpoint, dist
+from vidforce.train import checkpoint, dist, sequence_parallel
 from vidforce.train.data import BatchSource
 from vidforce.train.ema import EMA
 from vidforce.train.engines import DTYPES, Engines, base_lr, build_modules, wrap_engines
@@ -119,8 +121,10 @@ def zero_stages(cfg, networks: tuple[str, ...]) -> dict[str, int]:
 
 
 def build_engines(cfg, objective, device: torch.device, ckpt: Path | None, state: dict | None) -> Engines:
-    """Modules -> engines, restoring a checkpoint as ``checkpoint.resume_mode`` says."""
+    """Modules -> engines, restoring a checkpoint as ``checkpoint.resume_mode`` says; every DiT runs
+    sequence-parallel with ``train.sequence_parallel > 1``."""
     modules = build_modules(cfg, objective, device)
+    sequence_parallel.attach(modules.values(), sequence_parallel.setup(cfg.train.sequence_parallel))
     mode = "fresh" if state is None else checkpoint.resume_mode(state, zero_stages(cfg, objective.networks))
     if mode == "weights":
         checkpoint.preload_modules(ckpt, modules, state)
@@ -171,7 +175,8 @@ def setup(cfg, say: Callable[[str], None] = quiet) -> Run:
     text = components.text_encoder(cfg, device)
     needs_codec = objective.data == "videos" or cfg.drift.every > 0
     codec = components.codec(cfg, device, dtype) if needs_codec else None
-    source = BatchSource(cfg, objective.data, text, codec, device, dist.rank(), dist.world_size())
+    sp = cfg.train.sequence_parallel
+    source = BatchSource(cfg, objective.data, text, codec, device, dist.data_rank(sp), dist.data_world(sp))
     engines = build_engines(cfg, objective, device, ckpt, state)
     ema = EMA(cfg.optim.ema_decay, cfg.optim.ema_start, keep=main, warmup=cfg.optim.ema_warmup)
     start = restore(ckpt, state, ema, source, device) if state is not None else 0
@@ -230,7 +235,7 @@ def _turn(run: Run, role: str, step: int, batches: list) -> dict[str, float]:
     shape = (cfg.model.in_dim, cfg.data.latent_height, cfg.data.latent_width)
     for m, batch in enumerate(batches):
         run.mark(f"step {step + 1}, {role} turn, micro-batch {m}")
-        slot = m * dist.world_size() + dist.rank()
+        slot = m * dist.data_world(cfg.train.sequence_parallel) + dist.data_rank(cfg.train.sequence_parallel)
         rng = torch.Generator(run.device).manual_seed(derive_seed(cfg.train.seed, step, ROLE_IDS[role], slot))
         ctx = StepContext(run.engines.nets(), batch, plan, sampler, cfg, rng, shape)
         loss, extra = loss_fn(ctx)
@@ -281,7 +286,7 @@ def train_step(run: Run, step: int) -> dict[str, float]:
                                     "peak_memory_gb": peak_memory_gb(run.device)}))
     pt, ph, pw = cfg.model.patch_size
     tokens = cfg.rollout.num_frames // pt * (cfg.data.latent_height // ph) * (cfg.data.latent_width // pw)
-    samples = cfg.train.batch_size * cfg.train.grad_accum * dist.world_size() * len(turns)
+    samples = cfg.train.batch_size * cfg.train.grad_accum * dist.data_world(cfg.train.sequence_parallel) * len(turns)
     metrics["tokens_per_s"] = samples * tokens / metrics["step_time_s"]
     return metrics
 
