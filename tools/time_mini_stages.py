@@ -2,6 +2,7 @@
 
     python tools/time_mini_stages.py --device cuda --iters 12 --out timings.md
     python tools/time_mini_stages.py --device cpu --smoke --iters 4      # proves the script runs
+    python tools/time_mini_stages.py --stages self_forcing_pp rollout.cuda_graphs=true   # a lever, as overrides
 
 Each stage trains ``--iters`` iterations from random weights (timing does not depend on them) with its own
 config (batch, sizes, rollout lengths, ``train.compile``), fresh ball-world scenes rendered on the device. The

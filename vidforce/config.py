@@ -86,6 +86,8 @@ class RolloutConfig:
     long_frames: int = 0            # Self-Forcing++: roll out up to N latent frames (0 = off)
     long_sampling: str = "uniform"  # N per iteration: fixed | uniform (chunk-aligned in [K, N])
     window_sampling: str = "uniform"  # start of the K-frame window: uniform | beta (Beta(1,2))
+    cuda_graphs: bool = False       # replay the no_grad chunk forwards of training rollouts from CUDA graphs
+                                    # (models/graphs.py, as stream.cuda_graphs; needs a rolling causal.window)
 
 
 @dataclass
@@ -568,6 +570,9 @@ def validate(cfg: VidforceConfig) -> VidforceConfig:
     if cfg.stream.cuda_graphs and not c.window:
         raise ValueError("stream.cuda_graphs needs a rolling causal.window > 0 (with the whole video attended, every "
                          "chunk has a shape of its own)")
+    if r.cuda_graphs and (not c.window or r.cache_grad != "detach" or cfg.train.generator_zero_stage == 3):
+        raise ValueError("rollout.cuda_graphs needs a rolling causal.window > 0, rollout.cache_grad=detach and "
+                         "train.generator_zero_stage < 3 (graphs read fixed cache and weight buffers)")
     if not s.denoising_steps or any(not 0 < t <= 1000 for t in s.denoising_steps):
         raise ValueError(f"schedule.denoising_steps must be non-empty values in (0, 1000], "
                          f"got {list(s.denoising_steps)}")

@@ -16,6 +16,11 @@ cache kept across streams, since graphs write into its buffers) and ``forward_ch
 bookkeeping, ``CausalWan.chunk_call``, then a replay). Forwards that cannot be captured (grad, read-only, a
 gathered read when capacity > window, another cache) run eagerly. Without ``capture`` (CPU) the same static
 buffers run eagerly: the slot and angle logic, testable anywhere. One stream at a time per runner.
+
+Training (``rollout.cuda_graphs``) passes the runner to ``rollout.rollout`` in place of the generator: each rollout
+is a new stream on the reset cache; its ``no_grad`` forwards (the prefix before the scored window, the refreshes,
+a critic turn's whole rollout) replay, those with grad run eagerly. One runner per generator for the whole run:
+the optimizer updates the weights in place, so the captured graphs read the new weights.
 """
 from __future__ import annotations
 
@@ -122,11 +127,27 @@ class GraphedChunks:
         """The model's architecture (samplers read ``arch.time_to``)."""
         return self.model.arch
 
-    def new_cache(self, batch: int, height: int, width: int, num_frames: int, device, dtype) -> KVCache:
-        """The runner's cache, reset, when it fits (its graphs stay valid); else a new one (graphs dropped)."""
+    @property
+    def frames_per_chunk(self) -> int:
+        return self.model.frames_per_chunk
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        return self.model.gradient_checkpointing
+
+    def parameters(self):
+        return self.model.parameters()
+
+    def new_cache(self, batch: int, height: int, width: int, num_frames: int, device, dtype,
+                  extra_capacity: int = 0) -> KVCache:
+        """The runner's cache, reset, when it fits (its graphs stay valid); else a new one (graphs dropped). With
+        ``extra_capacity`` (a checkpointed rollout with grad) a cache of the model's own: every forward runs eagerly."""
+        if extra_capacity:
+            return self.model.new_cache(batch, height, width, num_frames, device, dtype, extra_capacity)
         spec = (batch, height, width, self.model.window or num_frames, torch.device(device), dtype)
         if spec != self.cache_spec:
             self.graphs.clear()
+            self.text_kv = self.text_source = None
             self.cache = self.model.new_cache(batch, height, width, num_frames, device, dtype)
             self.cache_spec = spec
         self.cache.reset()

@@ -45,6 +45,7 @@ class StepContext:
     rng: torch.Generator             # this rank's noise generator (seeded per step and rank)
     latent_shape: tuple[int, int, int]  # (C, H, W)
     cache: dict = field(default_factory=dict)   # per-step memo (e.g. text K/V)
+    runner: object | None = None     # rollout.cuda_graphs: the generator's models.graphs.GraphedChunks (one per run)
 
     def noise(self, *shape: int) -> Tensor:
         dev = self.batch.cond.device
@@ -102,14 +103,16 @@ def generate(ctx: StepContext, grad: bool) -> Tensor:
     """The student's self-rollout under ``ctx.plan``: the K-frame window ``[window_start, +K)`` ``[B, K, C, H, W]``.
 
     Chunks before the window run under ``no_grad`` and are dropped; with ``rollout.grad_chunks = n > 0``
-    only the window's last ``n`` chunks keep grad.
+    only the window's last ``n`` chunks keep grad. With ``ctx.runner`` (``rollout.cuda_graphs``) the ``no_grad``
+    chunk forwards replay CUDA graphs.
     """
     p, r = ctx.plan, ctx.cfg.rollout
     stop = p.window_start + r.num_frames
     noise = ctx.noise(ctx.batch.cond.shape[0], p.num_frames, *ctx.latent_shape)
+    model = ctx.nets.generator if ctx.runner is None else ctx.runner
     with torch.set_grad_enabled(grad):
         kv = text_kv_of(ctx, "generator", "cond")
-        return rollout(ctx.nets.generator, noise, kv, ctx.sampler, p.exit_index, grad_from=grad_start(ctx),
+        return rollout(model, noise, kv, ctx.sampler, p.exit_index, grad_from=grad_start(ctx),
                        keep_from=p.window_start, stop=stop, generator=ctx.rng, cache_grad=r.cache_grad)
 
 

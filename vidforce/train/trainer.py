@@ -32,6 +32,7 @@ import torch
 
 from vidforce import components, objectives
 from vidforce.config import to_yaml
+from vidforce.models.graphs import GraphedChunks
 from vidforce.objectives import StepContext
 from vidforce.objectives.base import frozen
 from vidforce.rollout import draw_plan
@@ -105,6 +106,7 @@ class Run:
     start: int
     updates: dict[str, list[int]]
     watchdog: RankWatchdog | None = None
+    runner: GraphedChunks | None = None     # rollout.cuda_graphs: the generator's graph runner, kept for the run
 
     def mark(self, where: str) -> None:
         """Tell the watchdog (multi-rank runs) that the loop reached ``where``."""
@@ -184,8 +186,9 @@ def setup(cfg, say: Callable[[str], None] = quiet) -> Run:
         say(f"resumed from step {start} ({ckpt})")
     logger = MetricLogger(cfg, run_dir, start, main)
     hook = DriftHook(cfg, codec, text, run_dir, device, dtype)
+    runner = GraphedChunks(engines.generator.module, capture=device.type == "cuda") if cfg.rollout.cuda_graphs else None
     return Run(cfg, objective, engines, ema, source, logger, hook, device, run_dir, start,
-               update_counts(objective, cfg.train.steps), watch(cfg, run_dir))
+               update_counts(objective, cfg.train.steps), watch(cfg, run_dir), runner)
 
 
 def watch(cfg, run_dir: Path) -> RankWatchdog | None:
@@ -237,7 +240,7 @@ def _turn(run: Run, role: str, step: int, batches: list) -> dict[str, float]:
         run.mark(f"step {step + 1}, {role} turn, micro-batch {m}")
         slot = m * dist.data_world(cfg.train.sequence_parallel) + dist.data_rank(cfg.train.sequence_parallel)
         rng = torch.Generator(run.device).manual_seed(derive_seed(cfg.train.seed, step, ROLE_IDS[role], slot))
-        ctx = StepContext(run.engines.nets(), batch, plan, sampler, cfg, rng, shape)
+        ctx = StepContext(run.engines.nets(), batch, plan, sampler, cfg, rng, shape, runner=run.runner)
         loss, extra = loss_fn(ctx)
         engine.backward(loss)
         engine.step()
