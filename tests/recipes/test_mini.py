@@ -40,6 +40,8 @@ def test_every_stage_config_loads(smoke, tmp_path):
         assert cfg.causal.sink == 0 and cfg.optim.ema_warmup          # the primary setting: no sink
         assert cfg.data.world == str(tmp_path / "world" / "world_spec.json")
     model = lambda stage: mini.stage_config(run, stage).model.checkpoint  # noqa: E731
+    assert model("teacher") == str(tmp_path / "teacher_base" / "model")       # the teacher's second phase
+    assert mini.stage_config(run, "teacher").schedule.shift == 3.0 and model("teacher_base") == ""
     assert model("ode_init") == str(tmp_path / "teacher" / "model")
     assert model("tf_dmd") == str(tmp_path / "teacher_forcing" / "model")
     assert model("df_dmd") == str(tmp_path / "diffusion_forcing" / "model")
@@ -89,20 +91,20 @@ def test_models_option_names_unknown_models_missing_stages_and_other_stages(tmp_
 def test_interrupted_training_stage_is_not_marked_done(tmp_path, monkeypatch, capsys):
     import vidforce.train.trainer as trainer
     monkeypatch.setattr(trainer, "train", lambda cfg: {"interrupted": 7, "checkpoint": "ckpt-7", "metrics": {}})
-    assert mini.main_mini(True, "cpu", str(tmp_path), "world,teacher") == 130
+    assert mini.main_mini(True, "cpu", str(tmp_path), "world,teacher_base") == 130
     assert mini.load_mini(True, "cpu", tmp_path).done("world")
-    assert not (tmp_path / "teacher" / "done.json").exists()
-    assert not (tmp_path / "teacher" / "model").exists()
+    assert not (tmp_path / "teacher_base" / "done.json").exists()
+    assert not (tmp_path / "teacher_base" / "model").exists()
     assert "stopped at step 7" in capsys.readouterr().err
-    assert len(json.loads((tmp_path / "teacher" / "interrupted.json").read_text())["command_seconds"]) == 1
+    assert len(json.loads((tmp_path / "teacher_base" / "interrupted.json").read_text())["command_seconds"]) == 1
     # the next command resumes and finishes it: done.json sums both commands' seconds
     monkeypatch.setattr(trainer, "train", lambda cfg: {"interrupted": None, "metrics": {"fm_loss": 0.5}})
     import vidforce.train.checkpoint as checkpoint
     monkeypatch.setattr(checkpoint, "export_generator", lambda run_dir, path, **kw: path.parent.mkdir(parents=True))
-    assert mini.main_mini(True, "cpu", str(tmp_path), "world,teacher") == 0
-    done = json.loads((tmp_path / "teacher" / "done.json").read_text())
+    assert mini.main_mini(True, "cpu", str(tmp_path), "world,teacher_base") == 0
+    done = json.loads((tmp_path / "teacher_base" / "done.json").read_text())
     assert len(done["command_seconds"]) == 2 and done["seconds"] == round(sum(done["command_seconds"]), 1)
-    assert done["metrics"] == {"fm_loss": 0.5} and not (tmp_path / "teacher" / "interrupted.json").exists()
+    assert done["metrics"] == {"fm_loss": 0.5} and not (tmp_path / "teacher_base" / "interrupted.json").exists()
 
 
 @pytest.mark.slow

@@ -5,17 +5,19 @@ interrupted training stage resumes from its run's latest checkpoint):
 
 1. ``world``             ``world_spec.json`` (``data.balls``) and ``prompts.txt`` (the counts: "1 ball" ...);
                          every data-trained stage renders fresh scenes of it on its device (``data.world``)
-2. ``teacher``           bidirectional teacher, flow matching with CFG dropout on every noise level
-3. ``ode_pairs``         teacher Euler ODE with CFG, recorded at the few-step sigmas     -> ``pairs.safetensors``
-4. ``ode_init``          causal ODE-regression init from the teacher weights
-5. ``teacher_forcing``   data baseline from the teacher weights (clean context)
-6. ``diffusion_forcing`` data baseline from the teacher weights (noisy context)
-7. ``tf_dmd``            DMD from the teacher-forcing export: the equal-NFE baseline of Self Forcing
-8. ``df_dmd``            DMD from the diffusion-forcing export: the other equal-NFE baseline
-9. ``self_forcing``      DMD on K-frame self-rollouts from the ODE-init export
-10. ``self_forcing_pp``  extended DMD on long rollouts from the *same* ODE-init export, as many generator updates
-11. ``teacher_forcing_seed1``, ``self_forcing_seed1``, ``self_forcing_pp_seed1``: the same with training seed 1
-12. ``evaluate``         1x / 4x / 10x / 20x K rollouts, first-window drift metrics, injection half-lives,
+2. ``teacher_base``      bidirectional teacher, phase 1: flow matching with CFG dropout, sigma ~ U[0, 1]
+3. ``teacher``           phase 2 from the teacher_base export: the same at the sampling shift 3 (the count is
+                         decided at high noise); both are evaluated at 1x K (gate 1 reads ``teacher``)
+4. ``ode_pairs``         teacher Euler ODE with CFG, recorded at the few-step sigmas     -> ``pairs.safetensors``
+5. ``ode_init``          causal ODE-regression init from the teacher weights
+6. ``teacher_forcing``   data baseline from the teacher weights (clean context)
+7. ``diffusion_forcing`` data baseline from the teacher weights (noisy context)
+8. ``tf_dmd``            DMD from the teacher-forcing export: the equal-NFE baseline of Self Forcing
+9. ``df_dmd``            DMD from the diffusion-forcing export: the other equal-NFE baseline
+10. ``self_forcing``     DMD on K-frame self-rollouts from the ODE-init export
+11. ``self_forcing_pp``  extended DMD on long rollouts from the *same* ODE-init export, as many generator updates
+12. ``teacher_forcing_seed1``, ``self_forcing_seed1``, ``self_forcing_pp_seed1``: the same with training seed 1
+13. ``evaluate``         1x / 4x / 10x / 20x K rollouts, first-window drift metrics, injection half-lives,
                          the pre-registered decisions                                   -> ``OUT/results/``
 
 Every trained stage exports its EMA generator (``optim.ema_warmup``) as bf16 safetensors shards of at most
@@ -30,7 +32,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -45,7 +47,8 @@ CONFIG_DIR = REPO / "configs" / "mini"
 SHARD_BYTES = 16 * 2 ** 20      # the device's return limit per file
 _FROM_ODE = (("model.checkpoint", "ode_init"), ("teacher.checkpoint", "teacher"))
 TRAINED = {  # stage -> (config field, stage whose artifact it loads)
-    "teacher": (),
+    "teacher_base": (),
+    "teacher": (("model.checkpoint", "teacher_base"),),
     "ode_init": (("model.checkpoint", "teacher"), ("objective.ode_init.pairs", "ode_pairs")),
     "teacher_forcing": (("model.checkpoint", "teacher"),),
     "diffusion_forcing": (("model.checkpoint", "teacher"),),
@@ -57,7 +60,8 @@ TRAINED = {  # stage -> (config field, stage whose artifact it loads)
     "self_forcing_seed1": _FROM_ODE,
     "self_forcing_pp_seed1": _FROM_ODE,
 }
-STAGES = ("world", "teacher", "ode_pairs", *[s for s in TRAINED if s != "teacher"], "evaluate")
+BIDIRECTIONAL = ("teacher_base", "teacher")     # the teacher's two phases: evaluated at 1x K with the teacher sampler
+STAGES = ("world", *BIDIRECTIONAL, "ode_pairs", *[s for s in TRAINED if s not in BIDIRECTIONAL], "evaluate")
 EULER_BASELINES = ("teacher_forcing", "diffusion_forcing", "teacher_forcing_seed1")   # not distilled
 GUIDED_BASELINES = ("teacher_forcing", "diffusion_forcing")   # also evaluated guided at the students' step count
 NEEDS = {"world": (), "ode_pairs": ("teacher",), "evaluate": tuple(TRAINED),
@@ -223,13 +227,14 @@ def eval_samplers(mini: Mini, cfg, device, names: frozenset[str] | None = None) 
     names = model_names() if names is None else names
     guidance, negative = Guidance.from_config(cfg.objective.guidance), cfg.data.negative_prompt
     samplers, prints, probes, longest = {}, {}, {}, max(e["multiples"])
-    if "teacher" in names:
-        teacher = build_teacher(cfg, device, torch.float32)
-        teacher_sigmas = euler_grid(e["teacher_euler_steps"], cfg.schedule.shift)
-        samplers["teacher"] = (ev.teacher_sampler(teacher, text, negative, teacher_sigmas, guidance), 1)
-        prints["teacher"] = fingerprint(mini.artifact("teacher"), euler=teacher_sigmas, guidance=guidance.scale,
-                                        convention=guidance.convention, negative=negative, multiple=1)
-    for stage in (s for s in TRAINED if s != "teacher" and {s, f"{s}_cfg"} & names):
+    teacher_sigmas = euler_grid(e["teacher_euler_steps"], cfg.schedule.shift)
+    for name in (s for s in BIDIRECTIONAL if s in names):
+        at = replace(cfg, teacher=replace(cfg.teacher, checkpoint=str(mini.artifact(name))))
+        teacher = build_teacher(at, device, torch.float32)
+        samplers[name] = (ev.teacher_sampler(teacher, text, negative, teacher_sigmas, guidance), 1)
+        prints[name] = fingerprint(mini.artifact(name), euler=teacher_sigmas, guidance=guidance.scale,
+                                   convention=guidance.convention, negative=negative, multiple=1)
+    for stage in (s for s in TRAINED if s not in BIDIRECTIONAL and {s, f"{s}_cfg"} & names):
         scfg = stage_config(mini, stage, (f"model.checkpoint={mini.artifact(stage)}",))
         model, steps = build_generator(scfg, device, torch.float32).eval(), Sampler.from_config(scfg.schedule)
         if stage in names:
