@@ -22,12 +22,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tools.bench_common import write_markdown  # noqa: E402
 from vidforce import components  # noqa: E402
+from vidforce.data.balls import sample_batch  # noqa: E402
 from vidforce.recipes import evaluate as ev  # noqa: E402
 from vidforce.recipes.report import value_cell  # noqa: E402
 from vidforce.recipes.mini import eval_setup, load_mini, stage_config  # noqa: E402
@@ -62,8 +62,7 @@ def sweep(run_dir: str, smoke: bool, device: str, guidance: list[float], steps: 
     noise = ev.scene_noise(setup.seeds, setup.noise_seeds, setup.horizon, setup.latent_shape, dev)
     truth = None
     if any(s0 < 1 for s0 in starts):
-        clips = torch.from_numpy(np.stack(ev.data_videos(setup, setup.horizon))).to(dev)   # [S, K, H, W, 3]
-        clips = clips.permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0
+        clips = sample_batch(setup.spec, setup.horizon, seeds=setup.seeds, device=dev)[0]  # the truth renders
         truth = codec.encode(clips).float().repeat_interleave(len(setup.noise_seeds), dim=0)
     rows = []
     for g, n, shift, s0 in itertools.product(guidance, steps, shifts, starts):

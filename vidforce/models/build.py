@@ -104,20 +104,22 @@ def build_critic(cfg: VidforceConfig, device: torch.device | str, dtype: torch.d
 
 def build_generator(cfg: VidforceConfig, device: torch.device | str, dtype: torch.dtype) -> CausalWan:
     """The chunk-causal generator of ``cfg.model`` run as ``cfg.causal`` says (weights from ``model.checkpoint``)."""
+    return _build(lambda: _causal(cfg), cfg.model, "model", device, dtype)
+
+
+def _causal(cfg: VidforceConfig) -> CausalWan:
+    """A fresh ``CausalWan`` of ``cfg.model``'s architecture run as ``cfg.causal`` says."""
     c = cfg.causal
-    return _build(lambda: CausalWan(arch_of(cfg.model), c.frames_per_chunk, c.window, c.sink, c.rope_mode,
-                                    c.attention, c.full_sequence), cfg.model, "model", device, dtype)
+    return CausalWan(arch_of(cfg.model), c.frames_per_chunk, c.window, c.sink, c.rope_mode, c.attention,
+                     c.full_sequence)
 
 
 def build_shared(cfg: VidforceConfig, roles: tuple[str, ...], device: torch.device | str,
                  dtype: torch.dtype) -> SharedBase:
     """With ``lora.enabled``: the frozen base (``cfg.model``'s causal DiT, weights from ``teacher.checkpoint`` or
     else ``model.checkpoint``; ``config.validate`` makes them one) in ``dtype``, with an fp32 adapter per role."""
-    c, lo = cfg.causal, cfg.lora
-    field_name = "teacher" if cfg.teacher.checkpoint else "model"
-    model_cfg = cfg.teacher if cfg.teacher.checkpoint else cfg.model
-    base = _build(lambda: CausalWan(arch_of(cfg.model), c.frames_per_chunk, c.window, c.sink, c.rope_mode,
-                                    c.attention, c.full_sequence), model_cfg, field_name, device, dtype)
+    lo, field_name = cfg.lora, "teacher" if cfg.teacher.checkpoint else "model"
+    base = _build(lambda: _causal(cfg), getattr(cfg, field_name), field_name, device, dtype)
     return SharedBase(base.eval(), roles, lo.target_modules, lo.rank, lo.alpha, lo.dropout)
 
 
