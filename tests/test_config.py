@@ -1,5 +1,6 @@
 """Config loading: schema defaults, presets, YAML inheritance, overrides, validation messages."""
 import dataclasses
+import re
 
 import pytest
 
@@ -106,6 +107,17 @@ def test_missing_yaml_names_the_file(tmp_path):
 def test_bad_values_name_the_field(overrides, field):
     with pytest.raises(ValueError, match=field.replace(".", r"\.").replace("[", r"\[")):
         load(None, overrides)
+
+
+@pytest.mark.parametrize("role", ["generator", "critic"])
+def test_optimizer_offload_needs_a_zero_stage(role):
+    message = (f"train.{role}_offload_optimizer needs train.{role}_zero_stage >= 1 (ZeRO-Offload moves the ZeRO "
+               "optimizer's partition to the CPU), got 0")
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        load(None, [f"train.{role}_offload_optimizer=true", f"train.{role}_zero_stage=0"])
+    for stage in (1, 2, 3):
+        load(None, [f"train.{role}_offload_optimizer=true", f"train.{role}_zero_stage={stage}"])
+    load(None, [f"train.{role}_zero_stage=0"])                   # stage 0 alone stays valid
 
 
 def test_bad_key_in_yaml_names_it(tmp_path):

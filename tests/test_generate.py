@@ -1,5 +1,6 @@
 """``vidforce generate`` as a user meets it: which weights, bad numbers, writer failures, output directories,
 schedule warnings -- each an exit status and one line, never a traceback or a false "wrote"."""
+import sys
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -96,6 +97,15 @@ def test_unwritable_outputs_fail_before_any_model_is_built(tmp_path, capsys, mon
     monkeypatch.setattr("vidforce.models.build.build_generator", lambda *a: pytest.fail("built the model"))
     assert main(generate(tmp_path, "--random-weights", out=out)) == 2
     one_error_line(capsys, message)
+
+
+def test_no_ffmpeg_fails_before_any_model_is_built(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setattr("vidforce.models.build.build_generator", lambda *a: pytest.fail("built the model"))
+    assert main(generate(tmp_path, "--random-weights")) == 2
+    one_error_line(capsys, "writing mp4 needs ffmpeg")
+    assert not (tmp_path / "o.mp4").exists()
 
 
 def test_a_missing_output_directory_is_created(tmp_path):

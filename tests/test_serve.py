@@ -177,6 +177,9 @@ def test_serve_refuses_bad_input_in_one_line(tmp_path, capsys):
     assert main(["serve", "--config", str(cfg), "--random-weights", "--image", str(tmp_path / "bad.png")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"--image {tmp_path / 'bad.png'} is not a readable image" in err[0]
+    assert main(["serve", "--config", str(cfg), "--random-weights", "stream.overlap_decode=true"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("vidforce serve: error: stream.overlap_decode is for vidforce generate")
     assert main(["serve", "--config", str(cfg)]) == 2
     assert "no weights: give --checkpoint FILE" in capsys.readouterr().err
 

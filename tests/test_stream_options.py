@@ -9,6 +9,7 @@ from vidforce.generate import build
 from vidforce.models.codecs import TAEHV
 from vidforce.models.fp8 import Fp8Linear, supported
 from vidforce.models.graphs import GraphedChunks
+from vidforce.streaming import SideDecode
 
 BASE = ["train.device=cpu", "train.precision=fp32", "data.latent_height=8", "data.latent_width=8",
         "causal.window=6", "causal.sink=3"]
@@ -18,20 +19,24 @@ WAN_LATENT = ["model.in_dim=16", "model.out_dim=16"]
 def test_every_lever_is_off_by_default():
     cfg = config.load(None, BASE)
     assert (cfg.stream.fused_refresh, cfg.stream.cuda_graphs, cfg.stream.fp8) == (False, False, "off")
+    assert cfg.stream.overlap_decode is False
     assert (cfg.codec.decode_buffers, cfg.codec.channels_last) == (False, False)
     parts = build(cfg, False)
-    assert parts.runner is None and not parts.fused_refresh
+    assert parts.runner is None and not parts.fused_refresh and not parts.overlap_decode
+    assert parts.streamer(0).side is None
     assert not any(isinstance(m, Fp8Linear) for m in parts.model.modules())
 
 
 @pytest.mark.skipif(supported("cpu", "row") is not None, reason=str(supported("cpu", "row")))
 def test_build_wires_the_levers():
-    cfg = config.load(None, BASE + ["stream.fused_refresh=true", "stream.cuda_graphs=true", "stream.fp8=row"])
+    cfg = config.load(None, BASE + ["stream.fused_refresh=true", "stream.cuda_graphs=true", "stream.fp8=row",
+                                    "stream.overlap_decode=true"])
     parts = build(cfg, False)
     assert isinstance(parts.runner, GraphedChunks) and not parts.runner.capture      # CPU: eager static buffers
     assert parts.fused_refresh and any(isinstance(m, Fp8Linear) for m in parts.model.modules())
     streamer = parts.streamer(0)
     assert streamer.net is parts.runner and streamer.fused_refresh
+    assert isinstance(streamer.side, SideDecode) and streamer.side.stream is None       # CPU: no second stream
 
 
 def test_cuda_graphs_need_a_rolling_window():

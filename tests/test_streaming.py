@@ -22,11 +22,11 @@ OVERRIDES = ["causal.window=6", "causal.sink=0", "data.latent_height=8", "data.l
              "train.precision=fp32", "schedule.denoising_steps=[1000,500]", "data.fps=8", "logging.progress=false"]
 
 
-def _streamer(cfg, seed=0):
+def _streamer(cfg, seed=0, **levers):
     torch.manual_seed(0)
     model = build_generator(cfg, "cpu", torch.float32).eval()
     return Streamer(model, components.codec(cfg), components.text_encoder(cfg), Sampler.from_config(cfg.schedule),
-                    (8, 8), seed)
+                    (8, 8), seed, **levers)
 
 
 def test_streams_past_the_window_with_flat_state(tmp_path):
@@ -152,3 +152,105 @@ def test_recache_is_the_refresh_pass_with_context_noise():
     clean = s.model.new_cache(1, 8, 8, 12, "cpu", torch.float32)
     refresh_cache(s.model, kept, clean, 3, text_kv, Sampler(s.sampler.sigmas, 0.0))
     assert not torch.allclose(got[1][:, :, slots], clean.k[1][:, :, slots])
+
+
+@pytest.mark.parametrize("fused,start_image", [(False, False), (True, False), (False, True), (True, True)])
+def test_overlapped_decode_hands_out_the_serial_frames(fused, start_image):
+    """``overlap_decode`` over 4x the window (evictions), across a scheduled switch, from a start image, with the
+    fused refresh: every output equals the serial stream's, the switch lands at the same frame."""
+    cfg = config.load(None, OVERRIDES)
+    first = None
+    if start_image:                                 # clean latents of a start image (PixelCodec: any in [-1, 1])
+        first = torch.rand(1, 1, cfg.model.in_dim, 8, 8, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    offset = 0 if first is None else 1
+    schedule = [(0, "a red circle"), (9 + offset, "a blue square")]
+    outs, stats = [], []
+    for overlap in (False, True):
+        s = _streamer(cfg, 5, fused_refresh=fused, overlap_decode=overlap)
+        outs.append(list(s.frames(24 if first is None else 22, schedule, first)))
+        stats.append(s.stats)
+    assert len(outs[0]) == len(outs[1]) == 8
+    assert all(np.array_equal(a, b) for a, b in zip(*outs))
+    assert [sw[:3] for sw in stats[1].switches] == [sw[:3] for sw in stats[0].switches] == [
+        (9 + offset, "a blue square", 3)]
+    serial, overlapped = stats
+    assert len(serial.chunk_dit_s) == len(serial.chunk_decode_s) == 8 and overlapped.chunk_dit_s == []
+    assert overlapped.chunk_decode_s == [] and len(overlapped.chunk_wall_s) == 8
+    assert sum(overlapped.chunk_wall_s) == pytest.approx(overlapped.wall_s)
+    assert overlapped.first_frame_s == pytest.approx(overlapped.chunk_wall_s[0])
+
+
+def test_overlapped_decode_issues_the_next_chunks_dit_before_the_decode():
+    """The order of work (CPU: no streams, the issue order is the order run): serially each chunk is decoded after
+    its DiT; overlapped, after the next chunk's DiT, but the first chunk at once and the last at the end."""
+    cfg = config.load(None, OVERRIDES)
+    orders = []
+    for overlap in (False, True):
+        s, log = _streamer(cfg, overlap_decode=overlap), []
+        forward, stream_decoder = s.model.forward_chunk, s.codec.stream_decoder
+
+        def logged_forward(*args, start, **kwargs):
+            if log[-1:] != [f"dit {start}"]:
+                log.append(f"dit {start}")
+            return forward(*args, start=start, **kwargs)
+
+        def logged_decoder():
+            decoder = stream_decoder()
+            decode = decoder.decode
+            decoder.decode = lambda x0: log.append("decode") or decode(x0)
+            return decoder
+        s.model.forward_chunk, s.codec.stream_decoder = logged_forward, logged_decoder
+        for _ in s.frames(12, [(0, "a red circle")]):
+            log.append("out")
+        orders.append(log)
+    assert orders[0] == ["dit 0", "decode", "out", "dit 3", "decode", "out", "dit 6", "decode", "out",
+                         "dit 9", "decode", "out"]
+    assert orders[1] == ["dit 0", "decode", "out", "dit 3", "dit 6", "decode", "out", "dit 9", "decode", "out",
+                         "decode", "out"]
+
+
+@pytest.mark.parametrize("start_image", [False, True])
+@pytest.mark.parametrize("overlap", [False, True])
+def test_a_request_lands_one_chunk_later_with_overlap(overlap, start_image):
+    """A request after the first output lands at the next chunk either way; one after a later output lands at the
+    next chunk serially and one chunk later overlapped (the next chunk had started), recorded when that chunk is
+    handed out -- the video of a schedule switching there."""
+    cfg = config.load(None, OVERRIDES)
+    first = torch.zeros(1, 1, cfg.model.in_dim, 8, 8) if start_image else None
+    o = 0 if first is None else 1
+    starts = [0] * o + list(range(o, 18 + o, 3))    # of the outputs: the start image, then the chunks
+    for received, lands in ((starts[0], starts[1]), (starts[1], starts[1] + (6 if overlap else 3))):
+        s, video, recorded = _streamer(cfg, overlap_decode=overlap), [], []
+        for start, frames in zip(starts, s.frames(18 + o, [(0, "a red circle")], first)):
+            video.append(frames)
+            recorded.append(len(s.stats.switches))
+            if start == received:
+                s.request("a blue square")
+        assert [sw.frame for sw in s.stats.switches] == [lands]
+        assert recorded.index(1) == starts.index(lands)
+        scheduled = _streamer(cfg).frames(18 + o, [(0, "a red circle"), (lands, "a blue square")], first)
+        assert np.array_equal(np.concatenate(video), np.concatenate(list(scheduled)))
+
+
+@pytest.mark.gpu
+def test_on_cuda_the_overlapped_decode_hands_out_the_serial_frames():
+    """The side stream on a GPU (CUDA graphs, fused refresh, a switch, a Wan VAE decoding into its buffers): the same
+    frames as the serial stream, and the switch recorded at the same frame."""
+    from vidforce.models.codecs.wan_vae import WanVAE
+    from vidforce.models.graphs import GraphedChunks
+    cfg = config.load(None, OVERRIDES + ["model.in_dim=16", "model.out_dim=16"])
+    torch.manual_seed(0)
+    model = build_generator(cfg, "cuda", torch.float32).eval()
+    vae = WanVAE(dim=8)
+    vae.set_decode_layout(True, False)
+    vae = vae.cuda().eval()
+    runner, text = GraphedChunks(model, capture=True), components.text_encoder(cfg, "cuda")
+    videos, switches = [], []
+    for overlap in (True, False, True):              # the first stream captures the graphs, the others replay
+        s = Streamer(model, vae, text, Sampler.from_config(cfg.schedule), (8, 8), 5, "cuda", runner=runner,
+                     fused_refresh=True, overlap_decode=overlap)
+        videos.append(np.concatenate(list(s.frames(24, [(0, "a red circle"), (9, "a blue square")]))))
+        switches.append([sw[:3] for sw in s.stats.switches])
+        assert s.stats.switches[0].seconds > 0
+    assert all(np.array_equal(v, videos[0]) for v in videos[1:])
+    assert switches == [[(9, "a blue square", 3)]] * 3

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from vidforce.video_io import Mp4Writer, to_uint8_frames
+import sys
+
+from vidforce.video_io import Mp4Writer, ffmpeg_exe, to_uint8_frames
 
 
 def test_to_uint8_frames_maps_the_pixel_range():
@@ -91,3 +93,17 @@ def test_a_missing_parent_directory_is_created(tmp_path):
     with Mp4Writer(tmp_path / "new" / "dir" / "a.mp4", 8) as w:
         w.append(blocks(n=4))
     assert iio.imread(tmp_path / "new" / "dir" / "a.mp4").shape == (4, 32, 32, 3)
+
+
+def test_without_imageio_ffmpeg_the_ffmpeg_on_path_is_used_else_one_line(tmp_path, monkeypatch):
+    """imageio-ffmpeg missing (e.g. a GPU image without it): an ``ffmpeg`` on PATH writes; neither: OSError."""
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)           # import raises ImportError
+    fake = tmp_path / "bin" / "ffmpeg"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\nexit 0\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(fake.parent))
+    assert ffmpeg_exe() == str(fake)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(OSError, match=r"^writing mp4 needs ffmpeg: pip install imageio-ffmpeg, or put an ffmpeg on PATH$"):
+        ffmpeg_exe()

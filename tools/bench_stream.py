@@ -3,9 +3,11 @@
 A Wan-1.3B-shaped causal DiT, 832x480 (latents 60x104, 1560 tokens per frame), 4 denoising steps + the cache
 refresh, chunks of 3 latent frames, bf16. Every row streams ``--chunks`` chunks (after a warm-up stream that fills
 the window, compiles and captures) through ``vidforce.streaming.Streamer`` -- the code path of ``vidforce
-generate`` -- and reports end-to-end frames/s (decode included), latency to the first frame, per-chunk DiT and
-decode time, the DiT compute floor (its FLOPs over the measured bf16 matmul rate), peak memory, and the FPS over
-the ``base`` row of its window ("before / after" of each lever).
+generate`` -- and reports end-to-end frames/s (decode included), latency to the first frame, the steady chunk
+period (host time from one chunk's frames to the next), per-chunk DiT and decode time (serial rows only: with
+``overlap`` they run at once, and the steady FPS is that of the chunk period), the DiT compute floor (its FLOPs over
+the measured bf16 matmul rate), peak memory, and the FPS over the ``base`` row of its window ("before / after" of
+each lever).
 
 A row is a *variant*: ``base`` (the plain path) or levers joined by ``+`` (``graphs+fused+buffers``):
   graphs   stream.cuda_graphs      chunk forwards replayed from CUDA graphs (vidforce/models/graphs.py)
@@ -15,12 +17,16 @@ A row is a *variant*: ``base`` (the plain path) or levers joined by ``+`` (``gra
   taehv    codec.kind=taehv        the light TAEHV decoder instead of the full WanVAE
   fp8      stream.fp8=row          FP8 linears in the DiT blocks, per-row scales (fp8t: per-tensor); the
                                    relative error of a chunk's x0 against the unquantized model is reported
+  overlap  stream.overlap_decode   each chunk's decode on a second CUDA stream during the next chunk's DiT
 ``--compile`` compiles the DiT blocks for every row. ``--generate VARIANTS`` adds rows of the real ``vidforce
 generate`` (a subprocess: random weights, a random VAE / TAEHV checkpoint in a temporary directory, the mp4
 written) at the first window, its printed throughput beside the bench row of the same variant.
 
     python tools/bench_stream.py --out $OUT/stream --compile [--windows 21,12] [--chunks 14] \\
-        [--variants base,graphs,fused,buffers,buffers+cl,taehv,fp8,graphs+fused+buffers+cl] [--generate VARIANTS]
+        [--variants VARIANTS] [--generate VARIANTS]
+
+``--variants`` (comma-separated) defaults to base, graphs, fused, buffers, buffers+cl, taehv, fp8,
+graphs+fused+buffers+cl and graphs+fused+buffers+cl+overlap.
 """
 from __future__ import annotations
 
@@ -48,12 +54,13 @@ from vidforce.sampling import Sampler, denoise_chunk  # noqa: E402
 from vidforce.streaming import Streamer  # noqa: E402
 
 CHUNK = 3                                  # latent frames per chunk (12 pixel frames)
-LEVERS = ("graphs", "fused", "buffers", "cl", "taehv", "fp8", "fp8t")
+LEVERS = ("graphs", "fused", "buffers", "cl", "taehv", "fp8", "fp8t", "overlap")
 FP8_MODE = {"fp8": "row", "fp8t": "tensor"}
 OVERRIDES = {"graphs": ["stream.cuda_graphs=true"], "fused": ["stream.fused_refresh=true"],
              "buffers": ["codec.decode_buffers=true"], "cl": ["codec.channels_last=true"],
-             "fp8": ["stream.fp8=row"], "fp8t": ["stream.fp8=tensor"]}
-DEFAULT_VARIANTS = "base,graphs,fused,buffers,buffers+cl,taehv,fp8,graphs+fused+buffers+cl"
+             "fp8": ["stream.fp8=row"], "fp8t": ["stream.fp8=tensor"], "overlap": ["stream.overlap_decode=true"]}
+DEFAULT_VARIANTS = ("base,graphs,fused,buffers,buffers+cl,taehv,fp8,graphs+fused+buffers+cl,"
+                    "graphs+fused+buffers+cl+overlap")
 
 
 def parse_variant(name: str) -> frozenset[str]:
@@ -157,7 +164,8 @@ class Bench:
         model.window, model.sink = window, sink
         runner = self.runners[fp8_mode(levers)]
         s = Streamer(model, self.codec(levers), self.text, self.sampler, self.latent, 0, self.device, self.dtype,
-                     runner=runner if "graphs" in levers else None, fused_refresh="fused" in levers)
+                     runner=runner if "graphs" in levers else None, fused_refresh="fused" in levers,
+                     overlap_decode="overlap" in levers)
         for _ in s.frames(CHUNK * chunks, [(0, "a")]):
             pass
         return s.stats
@@ -187,16 +195,21 @@ def run_row(bench: Bench, name: str, window: int, sink: int, peak_tflops: float)
         torch.cuda.reset_peak_memory_stats(bench.device)
     st = bench.stream(levers, window, sink, args.chunks)
     steady = slice(window // CHUNK + 1, None)                   # chunks with a full window
-    dit, dec = st.chunk_dit_s[steady] or st.chunk_dit_s, st.chunk_decode_s[steady] or st.chunk_decode_s
+    chunk_s = statistics.median(st.chunk_wall_s[steady] or st.chunk_wall_s)
     lh, lw = bench.latent
     tpf = lh * lw // 4
     flops = dit_flops_per_chunk(bench.arch, CHUNK * tpf, window * tpf, len(bench.sampler.sigmas) + 1)
-    dit_s, dec_s = statistics.median(dit), statistics.median(dec)
     floor_ms = 1e3 * flops / (peak_tflops * 1e12)
-    return {"window": window, "sink": sink, "variant": name, "fps_end_to_end": st.fps,
-            "fps_steady": CHUNK * 4 / (dit_s + dec_s), "first_frame_s": st.first_frame_s, "dit_ms": 1e3 * dit_s,
-            "decode_ms": 1e3 * dec_s, "dit_floor_ms": floor_ms, "dit_vs_floor": 1e3 * dit_s / floor_ms,
-            "dit_achieved_tflops": flops / dit_s / 1e12, "peak_gib": st.peak_memory_bytes / 2 ** 30,
+    row = {"window": window, "sink": sink, "variant": name, "fps_end_to_end": st.fps,
+           "fps_steady": CHUNK * 4 / chunk_s, "chunk_ms": 1e3 * chunk_s, "first_frame_s": st.first_frame_s,
+           "dit_ms": None, "decode_ms": None, "dit_floor_ms": floor_ms, "dit_vs_floor": None,
+           "dit_achieved_tflops": None}
+    if st.chunk_dit_s:                                         # serial: the DiT and the decode timed apart
+        dit_s = statistics.median(st.chunk_dit_s[steady] or st.chunk_dit_s)
+        dec_s = statistics.median(st.chunk_decode_s[steady] or st.chunk_decode_s)
+        row.update(fps_steady=CHUNK * 4 / (dit_s + dec_s), dit_ms=1e3 * dit_s, decode_ms=1e3 * dec_s,
+                   dit_vs_floor=1e3 * dit_s / floor_ms, dit_achieved_tflops=flops / dit_s / 1e12)
+    return {**row, "peak_gib": st.peak_memory_bytes / 2 ** 30,
             "fp8_rel_err": bench.fp8_error(levers, window, sink) if levers & set(FP8_MODE) else None,
             "frames": st.frames}
 
@@ -314,9 +327,9 @@ def main() -> None:
     dump_json(args.out, "stream", {"env": env_info(device), "matmul_tflops": peak, "compile": args.compile,
                                    "attention": args.attention, "rows": rows, "generate_rows": gen_rows})
     print(f"bf16 matmul {peak:.0f} TFLOP/s; compile={args.compile}")
-    print(markdown_table(rows, ["window", "variant", "fps_end_to_end", "vs_base", "fps_steady", "first_frame_s",
-                                "dit_ms", "decode_ms", "dit_floor_ms", "dit_vs_floor", "peak_gib", "fp8_rel_err",
-                                "error"]))
+    print(markdown_table(rows, ["window", "variant", "fps_end_to_end", "vs_base", "fps_steady", "chunk_ms",
+                                "first_frame_s", "dit_ms", "decode_ms", "dit_floor_ms", "dit_vs_floor", "peak_gib",
+                                "fp8_rel_err", "error"]))
     if gen_rows:
         print(markdown_table(gen_rows, ["window", "variant", "fps_end_to_end", "vs_bench", "first_frame_s",
                                         "peak_gib", "frames", "mp4_bytes", "wall_s", "error"]))

@@ -325,6 +325,10 @@ class TrainConfig:
     compile: bool = False           # torch.compile each DiT block's tensor halves (WanModel.compile_blocks)
     generator_zero_stage: int = 2   # DeepSpeed ZeRO stage of the generator engine (0-3)
     critic_zero_stage: int = 2      # DeepSpeed ZeRO stage of the critic engine (0-3)
+    generator_offload_optimizer: bool = False # ZeRO-Offload: the generator's fp32 master weights, gradient partition
+                                    # and AdamW moments live and step in CPU memory (needs generator_zero_stage >= 1;
+                                    # DeepSpeedCPUAdam on CUDA when its op builds, else torch AdamW: train/engines.py)
+    critic_offload_optimizer: bool = False # the same for the critic engine (needs critic_zero_stage >= 1)
     teacher_zero3: bool = False     # partition the frozen teacher (ZeRO-3) instead of replicating it
     dist_timeout_s: int = 600       # a rank silent this long (no loop progress) ends the job, named (watchdog.py)
     device: str = "auto"            # auto | cpu | cuda
@@ -371,6 +375,11 @@ class StreamConfig:
                                     # rolling causal.window)
     fp8: str = "off"                # off | tensor | row: FP8 linear layers in the DiT blocks (torch._scaled_mm,
                                     # per-tensor or per-row scales; changes the frames slightly: models/fp8.py)
+    overlap_decode: bool = False    # decode chunk c on a second CUDA stream while the DiT of chunk c + 1 runs (one
+                                    # thread; the first output is decoded at once). Each later chunk reaches the
+                                    # consumer after the next chunk started, so a prompt requested between chunks
+                                    # (--prompts-live) lands one chunk later; scheduled switches land where they
+                                    # would (streaming.Streamer). Not with vidforce serve
 
 
 @dataclass
@@ -586,9 +595,13 @@ def validate(cfg: VidforceConfig) -> VidforceConfig:
         raise ValueError(f"optim.min_lr_ratio must be in [0, 1], got {cfg.optim.min_lr_ratio}")
     if not 0 <= cfg.optim.ema_decay < 1:
         raise ValueError(f"optim.ema_decay must be in [0, 1), got {cfg.optim.ema_decay}")
-    for key in ("train.generator_zero_stage", "train.critic_zero_stage"):
-        if _get(cfg, key) not in (0, 1, 2, 3):
-            raise ValueError(f"{key} must be 0, 1, 2 or 3, got {_get(cfg, key)}")
+    for role in ("generator", "critic"):
+        stage = _get(cfg, f"train.{role}_zero_stage")
+        if stage not in (0, 1, 2, 3):
+            raise ValueError(f"train.{role}_zero_stage must be 0, 1, 2 or 3, got {stage}")
+        if _get(cfg, f"train.{role}_offload_optimizer") and stage == 0:
+            raise ValueError(f"train.{role}_offload_optimizer needs train.{role}_zero_stage >= 1 (ZeRO-Offload moves "
+                             "the ZeRO optimizer's partition to the CPU), got 0")
     _validate_lora(cfg)
     _validate_sequence_parallel(cfg)
     for name in ("teacher", "critic"):

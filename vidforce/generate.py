@@ -31,7 +31,7 @@ from vidforce.models.graphs import GraphedChunks
 from vidforce.models.text import TextEncoder
 from vidforce.sampling import Sampler
 from vidforce.streaming import Streamer, switch_frames
-from vidforce.video_io import Mp4Writer, check_writable
+from vidforce.video_io import Mp4Writer, check_writable, ffmpeg_exe
 
 
 def _schedule(args) -> list[tuple[float, str]]:
@@ -91,6 +91,7 @@ def prepare(args):
     schedule = _schedule(args)
     weights = describe_weights(args, cfg)
     out = check_writable(args.out)
+    ffmpeg_exe()                                   # before any model is built: a run that cannot write stops here
     pixel = max(1, int(round(args.seconds * fps)))
     return cfg, schedule, out, fps, pixel, weights
 
@@ -107,10 +108,12 @@ class Parts:
     dtype: torch.dtype
     runner: GraphedChunks | None        # stream.cuda_graphs: replays the chunk forwards (one stream at a time)
     fused_refresh: bool                 # stream.fused_refresh
+    overlap_decode: bool                # stream.overlap_decode
 
     def streamer(self, seed: int) -> Streamer:
         return Streamer(self.model, self.codec, self.text, self.sampler, self.latent_hw, seed, self.device,
-                        self.dtype, runner=self.runner, fused_refresh=self.fused_refresh)
+                        self.dtype, runner=self.runner, fused_refresh=self.fused_refresh,
+                        overlap_decode=self.overlap_decode)
 
 
 def build(cfg, compile_blocks: bool) -> Parts:
@@ -130,7 +133,8 @@ def build(cfg, compile_blocks: bool) -> Parts:
     codec = components.codec(cfg, device, dtype)
     runner = GraphedChunks(model, capture=device.type == "cuda") if cfg.stream.cuda_graphs else None
     return Parts(model, codec, components.text_encoder(cfg, device), Sampler.from_config(cfg.schedule),
-                 (cfg.data.latent_height, cfg.data.latent_width), device, dtype, runner, cfg.stream.fused_refresh)
+                 (cfg.data.latent_height, cfg.data.latent_width), device, dtype, runner, cfg.stream.fused_refresh,
+                 cfg.stream.overlap_decode)
 
 
 def run(args) -> int:

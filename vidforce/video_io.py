@@ -8,7 +8,7 @@
 ``crf`` is x264's constant rate factor: 18 (default) is visually lossless, the mini world writes its training
 data at 4 (near lossless: its tests check pixel fidelity after decoding).
 
-ffmpeg (imageio-ffmpeg's binary) runs in its own session, so a Ctrl-C meant for us leaves it to finalise the
+ffmpeg (imageio-ffmpeg's binary, else an ``ffmpeg`` on PATH: :func:`ffmpeg_exe`) runs in its own session, so a Ctrl-C meant for us leaves it to finalise the
 file. Any failure of ffmpeg -- it stops reading frames or exits non-zero -- raises ``OSError`` with its last
 message: a video that was not written is never reported as written. Missing parent directories are created.
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
 import subprocess
 import tempfile
 from fractions import Fraction
@@ -26,6 +27,18 @@ import numpy as np
 import torch
 
 DEFAULT_CRF = 18
+
+
+def ffmpeg_exe() -> str:
+    """The ffmpeg binary: imageio-ffmpeg's, else ``ffmpeg`` on PATH; ``OSError`` (one line) when there is none."""
+    try:
+        from imageio_ffmpeg import get_ffmpeg_exe  # noqa: PLC0415 (only when writing)
+    except ImportError:
+        found = shutil.which("ffmpeg")
+        if found is None:
+            raise OSError("writing mp4 needs ffmpeg: pip install imageio-ffmpeg, or put an ffmpeg on PATH") from None
+        return found
+    return get_ffmpeg_exe()
 
 
 def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
@@ -66,10 +79,9 @@ class Mp4Writer:
         self._log = None
 
     def _start(self, height: int, width: int) -> None:
-        from imageio_ffmpeg import get_ffmpeg_exe  # noqa: PLC0415 (only when writing)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.size = (height, width)
-        cmd = [get_ffmpeg_exe(), "-y", "-v", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}",
+        cmd = [ffmpeg_exe(), "-y", "-v", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}",
                "-r", str(Fraction(self.fps).limit_denominator()), "-i", "-", "-an", "-c:v", "libx264",
                "-pix_fmt", "yuv420p", *self._params, str(self.path.absolute())]
         self._log = tempfile.TemporaryFile()

@@ -15,7 +15,7 @@ def test_help_lists_every_lever():
     proc = subprocess.run([sys.executable, "tools/bench_stream.py", "--help"], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    for lever in ("graphs", "fused", "buffers", "cl", "taehv", "fp8", "--generate"):
+    for lever in ("graphs", "fused", "buffers", "cl", "taehv", "fp8", "overlap", "--generate"):
         assert lever in proc.stdout
     bad = subprocess.run([sys.executable, "tools/bench_stream.py", "--variants", "graphs+turbo"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
@@ -26,16 +26,19 @@ def test_help_lists_every_lever():
 def test_tiny_cpu_run_measures_every_lever_and_the_generate_path(tmp_path):
     out = tmp_path / "out"
     args = ["tools/bench_stream.py", "--device", "cpu", "--preset", "tiny", "--latent", "4x4", "--vae-dim", "8",
-            "--windows", "6", "--sink", "3", "--chunks", "2", "--variants", "base,graphs+fused+buffers+cl,taehv,fp8",
-            "--generate", "taehv+graphs+fused", "--generate-seconds", "1", "--out", str(out)]
+            "--windows", "6", "--sink", "3", "--chunks", "2",
+            "--variants", "base,graphs+fused+buffers+cl,taehv,fp8,graphs+fused+buffers+cl+overlap",
+            "--generate", "taehv+graphs+fused+overlap", "--generate-seconds", "1", "--out", str(out)]
     proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=900,
                           env=child_env(OMP_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     result = json.loads((out / "stream.json").read_text())
     rows = {r["variant"]: r for r in result["rows"]}
-    assert list(rows) == ["base", "graphs+fused+buffers+cl", "taehv", "fp8"]
+    assert list(rows) == ["base", "graphs+fused+buffers+cl", "taehv", "fp8", "graphs+fused+buffers+cl+overlap"]
     assert all(r["frames"] == 21 and r["fps_end_to_end"] > 0 and r["vs_base"] > 0 for r in rows.values())
+    overlapped = rows["graphs+fused+buffers+cl+overlap"]
+    assert overlapped["dit_ms"] is None and overlapped["chunk_ms"] > 0 and rows["base"]["dit_ms"] > 0
     assert 0 < rows["fp8"]["fp8_rel_err"] < 0.1 and rows["base"]["fp8_rel_err"] is None
     (generated,) = result["generate_rows"]
-    assert generated["variant"] == "generate:taehv+graphs+fused" and generated["returncode"] == 0
+    assert generated["variant"] == "generate:taehv+graphs+fused+overlap" and generated["returncode"] == 0
     assert generated["frames"] == 21 and generated["mp4_bytes"] > 0 and generated["fps_end_to_end"] > 0

@@ -136,3 +136,18 @@ def test_the_14b_lora_config_builds_on_meta_and_plans_one_gpu():
     assert lora.trained_gib == pytest.approx(2 * 16 * lora.generator_params / 2 ** 30)
     assert lora.total_gib < 40 < 141 < full.total_gib               # one H200 (141 GB) vs three copies
     assert full.trained_gib == pytest.approx(2 * 16 * full.base_params / 2 ** 30)
+    assert lora.host_gib == full.host_gib == 0.0
+
+
+def test_offloaded_optimizers_leave_the_gpu_for_host_memory():
+    """ZeRO-Offload of both 14B engines over 2 GPUs (ZeRO-2): master weights and moments (12 bytes / parameter)
+    leave each GPU; the host holds them plus an fp32 gradient partition (16 bytes), partitioned over the GPUs."""
+    cfg = load(ROOT / "configs/wan14b/self_forcing_dmd_lora.yaml")
+    plain = plan_memory(cfg, gpus=2)["full"]
+    offloaded = plan_memory(load(ROOT / "configs/wan14b/self_forcing_dmd_lora.yaml",
+                                 ["train.generator_offload_optimizer=true", "train.critic_offload_optimizer=true"]),
+                            gpus=2)["full"]
+    both = offloaded.generator_params + offloaded.critic_params
+    assert plain.trained_gib - offloaded.trained_gib == pytest.approx(12 * both / 2 / 2 ** 30)
+    assert offloaded.host_gib == pytest.approx(16 * both / 2 / 2 ** 30)
+    assert offloaded.frozen_gib == plain.frozen_gib and offloaded.total_gib < 141 < plain.total_gib  # fits an H200

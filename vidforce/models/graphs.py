@@ -147,6 +147,9 @@ class GraphedChunks:
         spec = (batch, height, width, self.model.window or num_frames, torch.device(device), dtype)
         if spec != self.cache_spec:
             self.graphs.clear()
+            # a fresh memory pool: capturing into the dropped graphs' pool (released, blocks not yet freed) trips
+            # the caching allocator's assert "use_count > 0" (seen on an H200, bench_stream window 21 -> 12)
+            self.pool = torch.cuda.graph_pool_handle() if self.capture else None
             self.text_kv = self.text_source = None
             self.cache = self.model.new_cache(batch, height, width, num_frames, device, dtype)
             self.cache_spec = spec

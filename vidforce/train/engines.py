@@ -14,11 +14,14 @@ With ``lora.enabled`` (``models/lora.py``) the three share one frozen base in th
 (and reference) is the base, the generator and a teacher-copy critic are views holding their own adapter only (what
 the engines, optimizers, EMA and checkpoints see), so the base weights are held once.
 Every engine gets ``gradient_clipping = optim.grad_clip`` explicitly (DeepSpeed >= 0.19.3 defaults to 1.0)
-and a ``torch.optim.AdamW`` object (no JIT-built Adam). Objectives see the engines' ``.module``s.
+and a ``torch.optim.AdamW`` object (no JIT-built Adam), except that with ZeRO-Offload
+(``train.generator_offload_optimizer`` / ``critic_offload_optimizer``) on CUDA it is DeepSpeedCPUAdam when that op
+builds (:func:`uses_cpu_adam`). Objectives see the engines' ``.module``s.
 """
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -33,21 +36,32 @@ from vidforce.train import sequence_parallel
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
-def ds_config(cfg, stage: int, universal: bool = False) -> dict:
+def ds_config(cfg, stage: int, universal: bool = False, offload_from: torch.device | None = None) -> dict:
     """DeepSpeed config dict of one engine (ZeRO ``stage``) from our config; ``universal``: it will load a
-    universal checkpoint (resume on another world size)."""
+    universal checkpoint (resume on another world size); ``offload_from``: the training device of an engine whose
+    optimizer is offloaded to the CPU (ZeRO-Offload; host buffers pinned when it is CUDA)."""
     t = cfg.train
+    zero = {"stage": stage}
+    if stage == 3:
+        # DeepSpeed's default would replace torch.nn.functional.linear for the rest of the process with a custom
+        # autograd Function that has no forward-mode derivative: every JVP objective (sCM, MeanFlow) and every other
+        # model in the process would run through it
+        zero["memory_efficient_linear"] = False
+    if offload_from is not None:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": offload_from.type == "cuda"}
     out = {
         "train_micro_batch_size_per_gpu": t.batch_size,
         "gradient_accumulation_steps": t.grad_accum,
         "gradient_clipping": float(cfg.optim.grad_clip),
-        "zero_optimization": {"stage": stage},
+        "zero_optimization": zero,
         "bf16": {"enabled": t.precision == "bf16"},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 2 ** 31 - 1,
         "wall_clock_breakdown": False,
         "checkpoint": {"load_universal": universal},
     }
+    if offload_from is not None:
+        out["zero_force_ds_cpu_optimizer"] = False     # we pick the optimizer ourselves (uses_cpu_adam)
     return out
 
 
@@ -65,10 +79,36 @@ def base_lr(optim, role: str) -> float:
     return optim.critic_lr if role == "critic" else optim.generator_lr
 
 
-def adamw(module: nn.Module, lr: float, optim) -> torch.optim.AdamW:
+def adamw(module: nn.Module, lr: float, optim, cpu_adam: bool = False) -> torch.optim.Optimizer:
+    """AdamW over ``module``'s trainable parameters: ``torch.optim.AdamW``, or with ``cpu_adam`` DeepSpeed's
+    vectorised CPU AdamW (same update and defaults: eps 1e-8, bias correction, decoupled weight decay)."""
     betas = (float(optim.betas[0]), float(optim.betas[1]))
     params = [p for p in module.parameters() if p.requires_grad]
+    if cpu_adam:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam  # noqa: PLC0415
+        return DeepSpeedCPUAdam(params, lr=lr, betas=betas, weight_decay=float(optim.weight_decay), adamw_mode=True)
     return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=float(optim.weight_decay))
+
+
+def uses_cpu_adam(offload_from: torch.device | None) -> bool:
+    """Whether an engine whose optimizer is offloaded from ``offload_from`` (None: not offloaded) steps with
+    DeepSpeedCPUAdam: only from a CUDA device, and only when DeepSpeed's ``cpu_adam`` op loads (prebuilt, or
+    JIT-built once per machine: two minutes on 2 cores; needs ninja and a C++ compiler).
+
+    Offloaded, every update runs on the CPU over all fp32 master weights, so the CPU step is the time offload adds:
+    cpu_adam's SIMD, multi-threaded AdamW is several times faster there than torch's. Without the op, torch AdamW
+    steps the CPU copies instead (the same update, slower; ``zero_force_ds_cpu_optimizer: false``). From a CPU
+    device offloading moves nothing, so torch AdamW keeps the update identical to the non-offloaded run and needs
+    no build."""
+    if offload_from is None or offload_from.type != "cuda":
+        return False
+    from deepspeed.ops.op_builder import CPUAdamBuilder  # noqa: PLC0415
+    try:
+        CPUAdamBuilder().load(verbose=False)
+    except Exception as err:  # noqa: BLE001 -- any build failure (no compiler, ninja or headers) means the fallback
+        warnings.warn(f"ZeRO-Offload: DeepSpeed's cpu_adam op does not load ({err}); torch AdamW steps on the CPU")
+        return False
+    return True
 
 
 def _initialize(module: nn.Module, config: dict, optimizer=None, mpu=None):
@@ -141,17 +181,25 @@ def shared_modules(cfg, objective: Objective, device: torch.device) -> dict[str,
     return out
 
 
+def trained_engine(cfg, role: str, module: nn.Module, universal: bool, mpu):
+    """The ``generator`` or ``critic`` engine: ZeRO stage ``train.<role>_zero_stage``, its optimizer offloaded to
+    the CPU with ``train.<role>_offload_optimizer``."""
+    t = cfg.train
+    stage = t.critic_zero_stage if role == "critic" else t.generator_zero_stage
+    offload = t.critic_offload_optimizer if role == "critic" else t.generator_offload_optimizer
+    offload_from = next(module.parameters()).device if offload else None
+    optimizer = adamw(module, base_lr(cfg.optim, role), cfg.optim, uses_cpu_adam(offload_from))
+    return _initialize(module, ds_config(cfg, stage, universal, offload_from), optimizer, mpu)
+
+
 def wrap_engines(cfg, modules: dict[str, nn.Module], universal: bool = False) -> Engines:
     """Wrap the plain modules of :func:`build_modules` into DeepSpeed engines (with ``train.sequence_parallel > 1``
     on DeepSpeed's Ulysses groups: gradients summed over a sequence-parallel group, ZeRO over every rank)."""
-    t, o = cfg.train, cfg.optim
-    gen, mpu = modules["generator"], sequence_parallel.mpu(t.sequence_parallel)
-    engines = Engines(_initialize(gen, ds_config(cfg, t.generator_zero_stage, universal),
-                                  adamw(gen, base_lr(o, "generator"), o), mpu))
+    t = cfg.train
+    mpu = sequence_parallel.mpu(t.sequence_parallel)
+    engines = Engines(trained_engine(cfg, "generator", modules["generator"], universal, mpu))
     if "critic" in modules:
-        critic = modules["critic"]
-        engines.critic = _initialize(critic, ds_config(cfg, t.critic_zero_stage, universal),
-                                     adamw(critic, base_lr(o, "critic"), o), mpu)
+        engines.critic = trained_engine(cfg, "critic", modules["critic"], universal, mpu)
     engines.reference = modules.get("reference")
     if "teacher" in modules:
         engines.teacher = modules["teacher"]

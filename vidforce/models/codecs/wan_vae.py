@@ -60,6 +60,7 @@ class WanVAE(Codec, nn.Module):
         self.temporal_factor = 2 ** sum(bool(t) for t in temperal_downsample)
         self.latent_mean = tuple(float(m) for m in latent_mean)
         self.latent_std = tuple(float(s) for s in latent_std)
+        self._stat_tensors: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}   # (device, dtype) -> (mean, std)
         self.encoder = Encoder3d(dim, 2 * z_dim, dim_mult, num_res_blocks, temperal_downsample)
         self.conv1 = CausalConv3d(2 * z_dim, 2 * z_dim, 1)
         self.conv2 = CausalConv3d(z_dim, z_dim, 1)
@@ -123,10 +124,14 @@ class WanVAE(Codec, nn.Module):
         return video.clamp(-1.0, 1.0).permute(0, 2, 1, 3, 4).to(latents.dtype)
 
     def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-channel latent mean and std shaped `[1, C, 1, 1, 1]` on `like`'s device and dtype."""
-        mean = torch.tensor(self.latent_mean, device=like.device, dtype=like.dtype)
-        std = torch.tensor(self.latent_std, device=like.device, dtype=like.dtype)
-        return mean.view(1, -1, 1, 1, 1), std.view(1, -1, 1, 1, 1)
+        """Per-channel latent mean and std shaped `[1, C, 1, 1, 1]` on `like`'s device and dtype, made once per
+        device and dtype (a host-to-device copy per latent frame waits for the GPU: it would stall a stream)."""
+        key = (like.device, like.dtype)
+        if key not in self._stat_tensors:
+            mean = torch.tensor(self.latent_mean, device=like.device, dtype=like.dtype)
+            std = torch.tensor(self.latent_std, device=like.device, dtype=like.dtype)
+            self._stat_tensors[key] = mean.view(1, -1, 1, 1, 1), std.view(1, -1, 1, 1, 1)
+        return self._stat_tensors[key]
 
 
 class WanStreamDecoder(StreamDecoder):
