@@ -4,7 +4,12 @@
 # that stops training with SIGINT (a checkpoint, no done.json: the next command resumes), and the named
 # exports come back through $OUT.
 #
-#   bash tools/mini_lease.sh [--limit SECONDS] [--fetch stage,stage] [--models m,m] [--device D] [--smoke] STAGES
+#   bash tools/mini_lease.sh [--limit SECONDS] [--fetch stage,stage] [--models m,m] [--device D] [--smoke]
+#                            [--run DIR] [--set STAGE:KEY=VALUE ...] STAGES
+#
+# --run DIR (default runs/mini) and --set (vidforce mini --set: an ablation arm) let two arms share one GPU:
+#   bash tools/mini_lease.sh ... STAGES & bash tools/mini_lease.sh --run runs/mini-c --set teacher:... STAGES; wait
+# the files of a --run other than runs/mini come back prefixed with its name (mini-c-teacher-00001-of-00002...).
 #
 # Before it: stage directories packed on the development machine as out/carry/*.tar.xz, e.g.
 #   (cd runs/mini-v2 && python3 -m tarfile -c ../../out/carry/teacher.tar.xz teacher)
@@ -15,9 +20,11 @@
 # results-videos-<model>.npz and results-probes.tar for --models, and small.tar with every stage's
 # done.json, index and training log (gzipped).
 set -uo pipefail
-limit=530 fetch="" models="" device=cuda smoke=""
+limit=530 fetch="" models="" device=cuda smoke="" rundir=runs/mini sets=()
 while [ $# -gt 1 ]; do
   case "$1" in
+    --run) rundir=$2; shift 2 ;;
+    --set) sets+=(--set "$2"); shift 2 ;;
     --device) device=$2; shift 2 ;;
     --smoke) smoke=--smoke; shift ;;
     --limit) limit=$2; shift 2 ;;
@@ -26,13 +33,16 @@ while [ $# -gt 1 ]; do
     *) echo "mini_lease.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
-[ $# -eq 1 ] || { echo "usage: mini_lease.sh [--limit S] [--fetch a,b] [--models m,n] [--device D] [--smoke] STAGES" >&2
+[ $# -eq 1 ] || { echo "usage: mini_lease.sh [--limit S] [--fetch a,b] [--models m,n] [--device D] [--smoke] [--run DIR] [--set S:K=V] STAGES" >&2
                   exit 2; }
-stages=$1 root=$(pwd) code=$(cd "$(dirname "$0")/.." && pwd) run=$(pwd)/runs/mini out=${OUT:-/tmp/out}
+stages=$1 root=$(pwd) code=$(cd "$(dirname "$0")/.." && pwd) run=$(pwd)/$rundir out=${OUT:-/tmp/out}
+prefix=""
+[ "$rundir" = runs/mini ] || prefix="$(basename "$rundir")-"
 mkdir -p "$run" "$out"
-if ls .whl/*.whl >/dev/null 2>&1 && [ ! -d /tmp/site/deepspeed ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
-    2>&1 | grep -v "^WARNING" || true
+if ls .whl/*.whl >/dev/null 2>&1; then      # once per machine; the lock keeps two arms from installing together
+  lock=""; command -v flock >/dev/null && lock="flock /tmp/site.lock"
+  $lock bash -c '[ -d /tmp/site/deepspeed ] || python3 -m pip install -q --no-index --no-deps \
+    --no-compile --no-cache-dir --target /tmp/site .whl/*.whl 2>&1 | grep -v "^WARNING" || true'
 fi
 export PYTHONPATH=/tmp/site:$code
 for t in out/carry/*.tar.xz; do
@@ -41,22 +51,24 @@ for t in out/carry/*.tar.xz; do
   [ -f "$run/$stage/done.json" ] || (cd "$run" && python3 -m tarfile -e "$root/$t" .) || exit 1
 done
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.used --format=csv,noheader
-args=(mini --device "$device" --out "$run" --stages "$stages" $smoke)
+args=(mini --device "$device" --out "$run" --stages "$stages" $smoke "${sets[@]}")
 [ -n "$models" ] && args+=(--models "$models")
 timeout -s INT -k 60 "$limit" python3 -c "import sys; from vidforce.cli import main; sys.exit(main(sys.argv[1:]))" \
   "${args[@]}" 2>&1 | grep -v -e "it/s\]" -e "Warning" -e "return func" -e "ProcessGroupNCCL"
 rc=${PIPESTATUS[0]}
 echo "mini_lease.sh: vidforce mini exited with $rc"
 for stage in ${fetch//,/ }; do
-  for f in "$run/$stage"/model/*.safetensors; do cp "$f" "$out/$stage-$(basename "$f" | sed 's/^model-//')"; done
+  for f in "$run/$stage"/model/*.safetensors; do cp "$f" "$out/$prefix$stage-$(basename "$f" | sed 's/^model-//')"; done
 done
 if [ -n "$models" ]; then
-  for m in ${models//,/ }; do [ -f "$run/results/videos/$m.npz" ] && cp "$run/results/videos/$m.npz" "$out/results-videos-$m.npz"; done
-  [ -d "$run/results/probes" ] && tar -cf "$out/results-probes.tar" -C "$run/results" probes
+  for m in ${models//,/ }; do
+    [ -f "$run/results/videos/$m.npz" ] && cp "$run/results/videos/$m.npz" "$out/${prefix}results-videos-$m.npz"
+  done
+  [ -d "$run/results/probes" ] && tar -cf "$out/${prefix}results-probes.tar" -C "$run/results" probes
 fi
 (cd "$run" && for d in */; do
    [ -f "$d/run/metrics.jsonl" ] && gzip -c "$d/run/metrics.jsonl" > "$d/metrics.jsonl.gz"
  done
- tar -cf "$out/small.tar" $(ls -d */done.json */model/*.json */metrics.jsonl.gz 2>/dev/null))
+ tar -cf "$out/${prefix}small.tar" $(ls -d */done.json */model/*.json */metrics.jsonl.gz 2>/dev/null))
 ls -la "$out"
 exit "$rc"

@@ -162,6 +162,9 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--stages", default="all", help="comma-separated stages to run (default all)")
     m.add_argument("--models", help="with --stages evaluate: only these models' videos and probes into the "
                    "evaluation's caches, their summaries printed, no report (e.g. teacher,teacher_forcing)")
+    m.add_argument("--set", action="append", default=[], metavar="STAGE:KEY=VALUE", dest="sets",
+                   help="a config override of one training stage, repeatable (an ablation arm, e.g. "
+                   "teacher:schedule.shift=8; recorded in its done.json; use its own --out)")
     return p
 
 
@@ -223,7 +226,7 @@ def _dispatch(args) -> int:
         return 0
     elif args.command == "mini":
         from vidforce.recipes.mini import main_mini  # noqa: PLC0415
-        return main_mini(args.smoke, args.device, args.out, args.stages, args.models)
+        return main_mini(args.smoke, args.device, args.out, args.stages, args.models, args.sets)
     else:
         raise ValueError(f"unknown command {args.command!r}")
 

@@ -40,8 +40,13 @@ def test_every_stage_config_loads(smoke, tmp_path):
         assert cfg.causal.sink == 0 and cfg.optim.ema_warmup          # the primary setting: no sink
         assert cfg.data.world == str(tmp_path / "world" / "world_spec.json")
     model = lambda stage: mini.stage_config(run, stage).model.checkpoint  # noqa: E731
-    assert model("teacher") == str(tmp_path / "teacher_base" / "model")       # the teacher's second phase
-    assert mini.stage_config(run, "teacher").schedule.shift == 3.0 and model("teacher_base") == ""
+    assert model("teacher_shift") == str(tmp_path / "teacher_base" / "model")    # the teacher's second phase
+    assert model("teacher") == str(tmp_path / "teacher_shift" / "model")         # and its third
+    assert mini.stage_config(run, "teacher_base").schedule.shift == 1.0 and model("teacher_base") == ""
+    assert mini.stage_config(run, "teacher_shift").schedule.shift == mini.stage_config(run, "teacher").schedule.shift \
+        == 3.0
+    if not smoke:
+        assert [mini.stage_config(run, s).train.steps for s in mini.BIDIRECTIONAL] == [3000, 3000, 2000]
     assert model("ode_init") == str(tmp_path / "teacher" / "model")
     assert model("tf_dmd") == str(tmp_path / "teacher_forcing" / "model")
     assert model("df_dmd") == str(tmp_path / "diffusion_forcing" / "model")
@@ -70,6 +75,35 @@ def test_smoke_override_of_an_unknown_recipe_key_is_an_error(tmp_path, monkeypat
     monkeypatch.setattr(mini, "CONFIG_DIR", tmp_path)
     with pytest.raises(ValueError, match="scenez"):
         mini.load_mini(True, "cpu", tmp_path / "out")
+
+
+def test_set_overrides_one_stage_and_bad_ones_name_the_item(tmp_path):
+    run = mini.load_mini(False, "cpu", tmp_path, ["teacher:schedule.shift=8", "teacher:train.steps=5"])
+    assert run.sets == {"teacher": ("schedule.shift=8", "train.steps=5")}
+    assert (mini.stage_config(run, "teacher").schedule.shift, mini.stage_config(run, "teacher").train.steps) == (8.0, 5)
+    assert mini.stage_config(run, "teacher_shift").schedule.shift == 3.0          # the other stages keep theirs
+    with pytest.raises(ValueError, match=r"^--set 'teacher=8': expected STAGE:KEY=VALUE"):
+        mini.parse_sets(["teacher=8"])
+    with pytest.raises(ValueError, match=r"^--set 'world:a=1': 'world' is not a training stage; choose from"):
+        mini.parse_sets(["world:a=1"])
+
+
+def test_set_is_recorded_and_a_stage_made_with_other_settings_is_not_reused(tmp_path, monkeypatch, capsys):
+    import vidforce.train.checkpoint as checkpoint
+    import vidforce.train.trainer as trainer
+    monkeypatch.setattr(trainer, "train", lambda cfg: {"interrupted": 3, "checkpoint": "ckpt-3", "metrics": {}})
+    arm = ["teacher_base:schedule.shift=8"]
+    assert mini.main_mini(True, "cpu", str(tmp_path), "world,teacher_base", sets=arm) == 130
+    with pytest.raises(ValueError, match=r"was made with --set \['schedule.shift=8'\], this command sets none"):
+        mini.main_mini(True, "cpu", str(tmp_path), "world,teacher_base")       # no resume under other settings
+    monkeypatch.setattr(trainer, "train", lambda cfg: {"interrupted": None, "metrics": {"fm_loss": 0.5}})
+    monkeypatch.setattr(checkpoint, "export_generator", lambda run_dir, path, **kw: path.parent.mkdir(parents=True))
+    assert mini.main_mini(True, "cpu", str(tmp_path), "world,teacher_base", sets=arm) == 0
+    assert json.loads((tmp_path / "teacher_base" / "done.json").read_text())["set"] == ["schedule.shift=8"]
+    with pytest.raises(ValueError, match=r"this command sets \['schedule.shift=9'\]: use another --out"):
+        mini.main_mini(True, "cpu", str(tmp_path), "world,teacher_base", sets=["teacher_base:schedule.shift=9"])
+    assert mini.main_mini(True, "cpu", str(tmp_path), "world,teacher_base", sets=arm) == 0
+    assert "teacher_base: done already" in capsys.readouterr().out
 
 
 def test_stage_without_its_inputs_names_them(tmp_path):

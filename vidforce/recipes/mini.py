@@ -6,8 +6,10 @@ interrupted training stage resumes from its run's latest checkpoint):
 1. ``world``             ``world_spec.json`` (``data.balls``) and ``prompts.txt`` (the counts: "1 ball" ...);
                          every data-trained stage renders fresh scenes of it on its device (``data.world``)
 2. ``teacher_base``      bidirectional teacher, phase 1: flow matching with CFG dropout, sigma ~ U[0, 1]
-3. ``teacher``           phase 2 from the teacher_base export: the same at the sampling shift 3 (the count is
-                         decided at high noise); both are evaluated at 1x K (gate 1 reads ``teacher``)
+3. ``teacher_shift``     phase 2 from the teacher_base export: the same at the sampling shift 3 (the count is
+                         decided at high noise)
+   ``teacher``           phase 3 from the teacher_shift export: 2000 more steps; all three phases are evaluated
+                         at 1x K (gate 1 reads ``teacher``)
 4. ``ode_pairs``         teacher Euler ODE with CFG, recorded at the few-step sigmas     -> ``pairs.safetensors``
 5. ``ode_init``          causal ODE-regression init from the teacher weights
 6. ``teacher_forcing``   data baseline from the teacher weights (clean context)
@@ -32,7 +34,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -48,7 +50,8 @@ SHARD_BYTES = 16 * 2 ** 20      # the device's return limit per file
 _FROM_ODE = (("model.checkpoint", "ode_init"), ("teacher.checkpoint", "teacher"))
 TRAINED = {  # stage -> (config field, stage whose artifact it loads)
     "teacher_base": (),
-    "teacher": (("model.checkpoint", "teacher_base"),),
+    "teacher_shift": (("model.checkpoint", "teacher_base"),),
+    "teacher": (("model.checkpoint", "teacher_shift"),),
     "ode_init": (("model.checkpoint", "teacher"), ("objective.ode_init.pairs", "ode_pairs")),
     "teacher_forcing": (("model.checkpoint", "teacher"),),
     "diffusion_forcing": (("model.checkpoint", "teacher"),),
@@ -60,7 +63,7 @@ TRAINED = {  # stage -> (config field, stage whose artifact it loads)
     "self_forcing_seed1": _FROM_ODE,
     "self_forcing_pp_seed1": _FROM_ODE,
 }
-BIDIRECTIONAL = ("teacher_base", "teacher")     # the teacher's two phases: evaluated at 1x K with the teacher sampler
+BIDIRECTIONAL = ("teacher_base", "teacher_shift", "teacher")   # the teacher's phases: 1x K, the teacher sampler
 STAGES = ("world", *BIDIRECTIONAL, "ode_pairs", *[s for s in TRAINED if s not in BIDIRECTIONAL], "evaluate")
 EULER_BASELINES = ("teacher_forcing", "diffusion_forcing", "teacher_forcing_seed1")   # not distilled
 GUIDED_BASELINES = ("teacher_forcing", "diffusion_forcing")   # also evaluated guided at the students' step count
@@ -76,14 +79,16 @@ class StageInterrupted(Exception):
 
 @dataclass(frozen=True)
 class Mini:
-    """One recipe run: output root, training device, recipe knobs, the config overrides of each stage, and
-    whether it is the CPU smoke run (whose models are untrained toys)."""
+    """One recipe run: output root, training device, recipe knobs, the config overrides of each stage, whether
+    it is the CPU smoke run (whose models are untrained toys), and the user's ``--set`` overrides (an ablation
+    arm: recorded in the stage's ``done.json``)."""
     out: Path
     device: str
     recipe: dict
     common: tuple[str, ...]
     per_stage: dict[str, tuple[str, ...]]
     smoke: bool = False
+    sets: dict[str, tuple[str, ...]] = field(default_factory=dict)   # --set STAGE:KEY=VALUE, per stage
 
     def dir(self, stage: str) -> Path:
         """The stage's output directory (``evaluate`` writes ``OUT/results``)."""
@@ -109,8 +114,22 @@ def dotlist(tree: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def load_mini(smoke: bool, device: str, out: str | Path) -> Mini:
-    """Recipe knobs and per-stage overrides (``recipe.yaml``, with ``smoke.yaml`` over it when ``smoke``)."""
+def parse_sets(sets: list[str] | tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    """``--set STAGE:KEY=VALUE`` (repeatable) -> ``{stage: (KEY=VALUE, ...)}`` for trained stages only."""
+    out: dict[str, list[str]] = {}
+    for item in sets:
+        stage, sep, override = item.partition(":")
+        if not sep or "=" not in override or not override.split("=", 1)[0].strip():
+            raise ValueError(f"--set {item!r}: expected STAGE:KEY=VALUE, e.g. teacher:schedule.shift=8")
+        if stage not in TRAINED:
+            raise ValueError(f"--set {item!r}: {stage!r} is not a training stage; choose from {', '.join(TRAINED)}")
+        out.setdefault(stage, []).append(override.strip())
+    return {stage: tuple(v) for stage, v in out.items()}
+
+
+def load_mini(smoke: bool, device: str, out: str | Path, sets: list[str] | tuple[str, ...] = ()) -> Mini:
+    """Recipe knobs and per-stage overrides (``recipe.yaml``, with ``smoke.yaml`` over it when ``smoke``; the
+    ``--set`` overrides last)."""
     recipe = OmegaConf.load(CONFIG_DIR / "recipe.yaml")
     common, per_stage = [], {}
     if smoke:
@@ -125,7 +144,7 @@ def load_mini(smoke: bool, device: str, out: str | Path) -> Mini:
             raise ValueError(f"{CONFIG_DIR / 'smoke.yaml'}: {str(err).splitlines()[0]}") from None
         common = dotlist(over.get("config", {}))
         per_stage = {s: tuple(dotlist(v)) for s, v in over.get("stages", {}).items()}
-    return Mini(Path(out), device, OmegaConf.to_container(recipe), tuple(common), per_stage, smoke)
+    return Mini(Path(out), device, OmegaConf.to_container(recipe), tuple(common), per_stage, smoke, parse_sets(sets))
 
 
 def world_spec(mini: Mini) -> BallWorldSpec:
@@ -140,7 +159,8 @@ def world_spec(mini: Mini) -> BallWorldSpec:
 def stage_config(mini: Mini, stage: str, extra: tuple[str, ...] = ()):
     """The validated training config of ``stage`` with the recipe's paths, device and smoke overrides."""
     paths = [f"{field}={mini.artifact(src)}" for field, src in TRAINED[stage]]
-    overrides = [*mini.common, *mini.per_stage.get(stage, ()), f"train.run_dir={mini.dir(stage) / 'run'}",
+    overrides = [*mini.common, *mini.per_stage.get(stage, ()), *mini.sets.get(stage, ()),
+                 f"train.run_dir={mini.dir(stage) / 'run'}",
                  f"train.device={mini.device}", f"data.world={mini.artifact('world')}",
                  f"data.prompts={mini.dir('world') / 'prompts.txt'}", *paths, *extra]
     return config.load(CONFIG_DIR / f"{stage}.yaml", overrides)
@@ -369,6 +389,18 @@ def parse_stages(stages: str) -> list[str]:
     return [s for s in STAGES if s in wanted]
 
 
+def check_sets(mini: Mini, stage: str, record: Path) -> None:
+    """A stage's ``done.json`` / ``interrupted.json`` (``record``) was made with this command's ``--set`` overrides
+    of ``stage``; ``ValueError`` naming both when not (a done stage is never reused, nor a run resumed, under
+    other settings)."""
+    if not record.is_file():
+        return
+    made, wanted = json.loads(record.read_text()).get("set", []), list(mini.sets.get(stage, ()))
+    if made != wanted:
+        raise ValueError(f"stage {stage} in {mini.dir(stage)} was made with --set {made or 'none'}, this command "
+                         f"sets {wanted or 'none'}: use another --out for another arm")
+
+
 def run_stage(mini: Mini, stage: str) -> dict:
     """Run one stage and write its ``done.json`` (atomically) after its artifact. A stage stopped by a signal
     and resumed by later commands records each command's seconds (``command_seconds``, kept in
@@ -379,16 +411,18 @@ def run_stage(mini: Mini, stage: str) -> dict:
                                 f"run them first (--stages {','.join(missing)})")
     mini.dir(stage).mkdir(parents=True, exist_ok=True)
     partial = mini.dir(stage) / "interrupted.json"
+    check_sets(mini, stage, partial)
     earlier = json.loads(partial.read_text())["command_seconds"] if partial.is_file() else []
+    sets = {"set": list(mini.sets[stage])} if stage in mini.sets else {}
     t0 = time.time()
     try:
         info = RUNNERS[stage](mini)
     except StageInterrupted:
-        partial.write_text(json.dumps({"command_seconds": [*earlier, round(time.time() - t0, 1)]}) + "\n")
+        partial.write_text(json.dumps({"command_seconds": [*earlier, round(time.time() - t0, 1)], **sets}) + "\n")
         raise
     commands = [*earlier, round(time.time() - t0, 1)]
     record = {"stage": stage, "artifact": str(mini.artifact(stage)), "seconds": round(sum(commands), 1),
-              "command_seconds": commands, **info}
+              "command_seconds": commands, **sets, **info}
     tmp = mini.dir(stage) / "done.json.tmp"
     tmp.write_text(json.dumps(record, indent=1) + "\n")
     os.replace(tmp, mini.dir(stage) / "done.json")
@@ -396,10 +430,11 @@ def run_stage(mini: Mini, stage: str) -> dict:
     return record
 
 
-def main_mini(smoke: bool, device: str, out: str, stages: str, models: str | None = None) -> int:
-    """``vidforce mini [--smoke] [--device auto|cpu|cuda] [--out DIR] [--stages a,b] [--models a,b]``
-    (``--models``: with ``--stages evaluate`` only, :func:`prepare_models`)."""
-    mini = load_mini(smoke, device, out)
+def main_mini(smoke: bool, device: str, out: str, stages: str, models: str | None = None,
+              sets: list[str] | tuple[str, ...] = ()) -> int:
+    """``vidforce mini [--smoke] [--device auto|cpu|cuda] [--out DIR] [--stages a,b] [--models a,b]
+    [--set STAGE:KEY=VALUE ...]`` (``--models``: with ``--stages evaluate`` only, :func:`prepare_models`)."""
+    mini = load_mini(smoke, device, out, sets)
     if models is not None:
         names = parse_models(models)
         if parse_stages(stages) != ["evaluate"]:
@@ -410,6 +445,7 @@ def main_mini(smoke: bool, device: str, out: str, stages: str, models: str | Non
         return 0
     for stage in parse_stages(stages):
         if mini.done(stage):
+            check_sets(mini, stage, mini.dir(stage) / "done.json")
             print(f"[mini] {stage}: done already ({mini.dir(stage) / 'done.json'}), skipped")
             continue
         print(f"[mini] {stage}: running")
