@@ -1,10 +1,13 @@
 """``vidforce serve`` on CPU with a tiny model: the WebSocket and HTTP protocol, bad input answered while the
-stream goes on, prompt switches at the next chunk boundary, one stream for every viewer, the saved mp4."""
+stream goes on, prompt switches at the next chunk boundary (one later with stream.overlap_decode), one stream for
+every viewer, the saved mp4."""
 import asyncio
 import json
+import queue
 import re
 import sys
 import time
+from dataclasses import replace
 
 import imageio.v3 as iio
 import numpy as np
@@ -119,9 +122,10 @@ def test_bad_websocket_and_http_input_is_answered_and_the_stream_goes_on(parts):
     asyncio.run(scenario())
 
 
-def test_a_prompt_switches_at_the_next_chunk_boundary(parts):
+@pytest.mark.parametrize("overlap", [False, True])
+def test_a_prompt_switches_at_the_next_chunk_boundary(parts, overlap):
     async def scenario():
-        async with Harness(parts, pace="video") as h, h.client.ws_connect("/ws") as ws:
+        async with Harness(replace(parts, overlap_decode=overlap), pace="video") as h, h.client.ws_connect("/ws") as ws:
             await ws.send_str('{"type": "start", "prompt": "a red circle"}')
             got = await receive(ws, lambda got: len(frames_in(got)) >= 4)
             await ws.send_str('{"type": "prompt", "text": "a blue square"}')
@@ -137,6 +141,51 @@ def test_a_prompt_switches_at_the_next_chunk_boundary(parts):
             assert any(f"prompt switch at the chunk boundary, latent frame {frame}: re-cached 3 frames" in line
                        for line in h.log)
     asyncio.run(scenario())
+
+
+def start_image(codec):
+    from vidforce.image_start import encode_image
+    image = np.zeros((16, 16, 3), np.uint8)
+    image[:, :8] = (250, 20, 20)
+    return image, encode_image(codec, image)
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+@pytest.mark.parametrize("image,before,landing", [(False, 1, {False: 3, True: 3}), (False, 3, {False: 9, True: 12}),
+                                                  (True, 3, {False: 7, True: 10})])
+def test_a_live_switch_is_reported_where_the_streamer_applies_it(parts, overlap, image, before, landing):
+    """A request after the ``before``-th output (at s) lands at s + F, with overlap_decode at s + 2F (s + F after
+    the stream's first output): the queued message, the chunks' prompts, the request time and the re-cache say so,
+    and the frames equal a serial stream with that switch scheduled."""
+    first = start_image(parts.codec)[1] if image else None
+    got, log = queue.Queue(), []
+    session = LiveSession(replace(parts, overlap_decode=overlap), 0, 1024, first, 8.0, got.put, lambda: None,
+                          log.append)
+    try:
+        session.start("a red circle")
+        chunks = [got.get(timeout=60)]
+        while len(chunks) < before:
+            session.taken()                     # the consumer plays a chunk: the worker may hand out one more
+            chunks.append(got.get(timeout=60))
+        asked = time.perf_counter()
+        queued = session.request("a blue square")
+        frame = int(re.search(r"switches at latent frame (\d+) \(the next chunk boundary\)", queued).group(1))
+        assert frame == landing[overlap]
+        while chunks[-1].start < frame:
+            session.taken()
+            chunks.append(got.get(timeout=60))
+    finally:
+        session.close()
+    assert chunks[-1].start == frame and chunks[-1].recache["frame"] == frame
+    assert [c.prompt for c in chunks] == ["a red circle"] * (len(chunks) - 1) + ["a blue square"]
+    assert [c.requested_at is None for c in chunks[:-1]] == [True] * (len(chunks) - 1)
+    assert asked <= chunks[-1].requested_at <= time.perf_counter()
+    assert [c.recache for c in chunks[:-1]] == [None] * (len(chunks) - 1)
+    assert sum(f"prompt switch at the chunk boundary, latent frame {frame}:" in line for line in log) == 1
+    assert session.status()["prompt"] == "a blue square"
+    serial = parts.streamer(0).frames(1024, [(0, "a red circle"), (frame, "a blue square")], first)
+    for c in chunks:
+        assert np.array_equal(c.frames, next(serial)), c.start
 
 
 def test_every_viewer_sees_the_one_stream_and_pause_reset_save(parts, tmp_path):
@@ -177,9 +226,6 @@ def test_serve_refuses_bad_input_in_one_line(tmp_path, capsys):
     assert main(["serve", "--config", str(cfg), "--random-weights", "--image", str(tmp_path / "bad.png")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"--image {tmp_path / 'bad.png'} is not a readable image" in err[0]
-    assert main(["serve", "--config", str(cfg), "--random-weights", "stream.overlap_decode=true"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("vidforce serve: error: stream.overlap_decode is for vidforce generate")
     assert main(["serve", "--config", str(cfg)]) == 2
     assert "no weights: give --checkpoint FILE" in capsys.readouterr().err
 
@@ -195,10 +241,7 @@ def test_the_page_is_served_with_its_controls(parts):
 
 
 def test_a_stream_from_an_image_starts_with_it(parts):
-    from vidforce.image_start import encode_image
-    image = np.zeros((16, 16, 3), np.uint8)
-    image[:, :8] = (250, 20, 20)
-    first = encode_image(parts.codec, image)
+    image, first = start_image(parts.codec)
 
     async def scenario():
         async with Harness(parts, first=first) as h, h.client.ws_connect("/ws") as ws:

@@ -379,7 +379,7 @@ class StreamConfig:
                                     # thread; the first output is decoded at once). Each later chunk reaches the
                                     # consumer after the next chunk started, so a prompt requested between chunks
                                     # (--prompts-live) lands one chunk later; scheduled switches land where they
-                                    # would (streaming.Streamer). Not with vidforce serve
+                                    # would (streaming.Streamer); vidforce serve names the frame it lands at
 
 
 @dataclass

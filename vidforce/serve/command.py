@@ -1,8 +1,7 @@
 """``vidforce serve``: check the input, build the model once, serve the page until Ctrl-C or SIGTERM.
 
 Everything cheap is checked before the model is built (config, weights, the prompt, the image, a rolling
-cache window, no ``stream.overlap_decode``: its one-chunk delay of a requested switch is not in the session's
-bookkeeping). The stream's length limit is the RoPE table with ``causal.rope_mode=absolute``; relative RoPE
+cache window). The stream's length limit is the RoPE table with ``causal.rope_mode=absolute``; relative RoPE
 streams without end. Log lines go to stderr, one per event, each stamped with the wall-clock time.
 """
 from __future__ import annotations
@@ -34,9 +33,6 @@ def run(args) -> int:
     if not cfg.causal.window:
         raise ValueError("serve streams without a fixed end: set a rolling cache, causal.window > 0 (e.g. "
                          "causal.window=21 causal.sink=3); causal.window=0 would cache the whole stream")
-    if cfg.stream.overlap_decode:
-        raise ValueError("stream.overlap_decode is for vidforce generate: serve hands each chunk out with the prompt "
-                         "requested just before it, and an overlapped stream starts the next chunk before that")
     prompt = check_prompt(args.prompt) if args.prompt else ""
     image = read_image(args.image) if args.image else None
     say(f"weights: {describe_weights(args, cfg)}")

@@ -2,15 +2,20 @@
 
 A worker thread owns the streamer and runs it chunk by chunk. Commands (``start``, ``pause``, ``reset``,
 ``prompt``) only change state under a lock; the worker acts on them at the next chunk boundary, so a prompt
-switch is the streamer's own (``Streamer.request``: the KV re-cache before the next chunk) and a pause stops
-after the chunk in progress. States: ``idle`` (no stream), ``running``, ``paused``, ``ended`` (the stream's
+switch is the streamer's own (``Streamer.request``: the KV re-cache before the next chunk it starts) and a pause
+stops after the chunk in progress. States: ``idle`` (no stream), ``running``, ``paused``, ``ended`` (the stream's
 length limit: absolute RoPE's table), ``failed`` (generation raised; the server goes on).
 
-Pacing: the worker generates a chunk only while it holds a credit; it gets one when a stream starts and one
-each time the consumer begins to play a chunk (:meth:`LiveSession.taken`), so it runs at most one chunk ahead of
-playback. Each chunk goes to ``on_chunk`` (from the worker thread) with the prompt it was made under and, when
-a prompt asked for by a client starts with it, the time of that request (the prompt-switch latency is measured
-from it to the chunk's first frame on the wire).
+Pacing: the worker takes a chunk from the streamer only while it holds a credit; it gets one when a stream
+starts and one each time the consumer begins to play a chunk (:meth:`LiveSession.taken`), so the chunks handed out
+run at most one chunk ahead of playback. With ``stream.overlap_decode`` the streamer hands a chunk out after the
+next chunk has started, so generation runs one chunk further ahead (the DiT of the chunk after the one waiting to
+play) and a requested prompt lands one chunk later (``Streamer.request``): the messages name that frame.
+
+Each chunk goes to ``on_chunk`` (from the worker thread) with the prompt it was made under, taken from the
+streamer's own record of its switches (``stats.switches``), and, when a prompt asked for by a client starts with
+it, the time of that request (the prompt-switch latency is measured from it to the chunk's first frame on the
+wire).
 
 The recording (:class:`Recording`) holds what the stream made since it started or since the last save, as an
 mp4 written while streaming through the one ``Mp4Writer``; saving closes it and starts the next one.
@@ -20,6 +25,7 @@ from __future__ import annotations
 import tempfile
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -38,7 +44,8 @@ class Chunk:
     start: int                    # its first latent frame
     frames: np.ndarray            # uint8 [n, H, W, 3]
     prompt: str
-    made_s: float                 # DiT + decode seconds of this chunk (a re-cache before it included)
+    made_s: float                 # seconds the streamer took to hand it out: its DiT and decode, a re-cache
+                                  # before it included (overlap_decode: its decode, with the next chunk's DiT)
     requested_at: float | None    # time.perf_counter() of the client request whose prompt starts here
     recache: dict | None          # the KV re-cache at its start: frame, recached, ms
 
@@ -111,7 +118,7 @@ class LiveSession:
                  prompt: str = ""):
         self.parts, self.seed, self.num_frames, self.first, self.fps = parts, seed, num_frames, first, fps
         self.on_chunk, self.on_status, self.say = on_chunk, on_status, say
-        self.chunk = parts.model.frames_per_chunk
+        self.chunk, self.overlap = parts.model.frames_per_chunk, parts.overlap_decode
         self.offset = 0 if first is None else first.shape[1]
         self._temp = tempfile.TemporaryDirectory(prefix="vidforce-serve-")
         self.recording = Recording(Path(self._temp.name), fps)
@@ -122,7 +129,7 @@ class LiveSession:
         self._credit = 0
         self._requested: tuple[str, float] | None = None
         self._making: int | None = None          # first latent frame of the chunk being made, if any
-        self._next_start = 0                     # first latent frame of the next chunk to make
+        self._next_start = 0                     # first latent frame of the next chunk to hand out
         self._closing = False
         self._worker = threading.Thread(target=self._work, name="vidforce-serve-stream", daemon=True)
         self._worker.start()
@@ -140,7 +147,8 @@ class LiveSession:
                 switch = prompt is not None and prompt != self.prompt
                 if switch:
                     self._request(prompt)
-                message = "resumed" + (f"; the prompt switches at latent frame {self._landing()}" if switch else "")
+                message = "resumed" + (f"; the prompt switches at latent frame {self._switch_frame()}"
+                                       if switch else "")
             else:
                 if prompt is None:
                     raise ValueError("type a prompt first: no stream is running")
@@ -176,7 +184,7 @@ class LiveSession:
                 message = f"started with {prompt!r}"
             else:
                 self._request(prompt)
-                message = f"prompt queued: switches at latent frame {self._landing()} (the next chunk boundary)"
+                message = f"prompt queued: switches at latent frame {self._switch_frame()} (the next chunk boundary)"
         self._announce(f"{message}: {prompt!r}" if message.startswith("prompt") else message)
         return message
 
@@ -239,8 +247,16 @@ class LiveSession:
         return self.offset if (self.offset and start == 0) else start + self.chunk
 
     def _landing(self) -> int:
-        """The latent frame where a request made now takes effect."""
+        """First latent frame of the next chunk to hand out after the one in progress (where a pause stops)."""
         return self._next_start if self._making is None else self._after(self._making)
+
+    def _switch_frame(self) -> int:
+        """The latent frame where a prompt requested now starts. The worker passes it to the streamer before taking
+        the next chunk, which starts it at the first chunk not yet started: serial, the next chunk handed out; with
+        overlap_decode the one after that, which is started before it is handed out, but for the stream's first
+        two outputs (the first is decoded at once, so nothing is started ahead of it: ``Streamer.request``)."""
+        handed = self._landing()
+        return handed if not self.overlap or handed <= self._after(0) else self._after(handed)
 
     # ---------------------------------------------------------------- the worker
 
@@ -252,23 +268,23 @@ class LiveSession:
                 if self._closing:
                     return
                 if stream != self._stream:                           # a new stream
-                    stream, streamer = self._stream, self.parts.streamer(self.seed)
-                    frames = streamer.frames(self.num_frames, [(0, self.prompt)], self.first)
-                    index = 0
+                    stream, streamer, prompt = self._stream, self.parts.streamer(self.seed), self.prompt
+                    frames = streamer.frames(self.num_frames, [(0, prompt)], self.first)
+                    index, passed = 0, deque()   # requests given to the streamer and not yet seen starting
                 requested, self._requested = self._requested, None
                 self._credit -= 1
                 self._making = start = self._next_start
             if requested is not None:
                 streamer.request(requested[0])
-            chunk = self._make(streamer, frames, stream, index, start, requested)
+                passed.append(requested)
+            chunk = self._make(streamer, frames, stream, index, start, prompt, passed)
             with self._cond:
                 if chunk is None or stream != self._stream:
                     self._making = None
                     continue
                 self._next_start = self._after(start)
                 self.frames_made += len(chunk.frames)
-                if requested is not None:
-                    self.prompt = requested[0]
+                self.prompt = prompt = chunk.prompt
             index += 1
             failure = self.recording.append(stream, chunk.frames)
             if failure is not None:
@@ -277,8 +293,11 @@ class LiveSession:
             with self._cond:                     # recorded and handed on: a pause has taken effect now
                 self._making = None
 
-    def _make(self, streamer, frames, stream: int, index: int, start: int, requested) -> Chunk | None:
-        """The next chunk of ``frames`` (None at the stream's end or on a failure, which end the stream)."""
+    def _make(self, streamer, frames, stream: int, index: int, start: int, prompt: str,
+              passed: deque) -> Chunk | None:
+        """The next chunk of ``frames`` (None at the stream's end or on a failure, which end the stream), under
+        ``prompt`` (the last chunk's) unless a request in ``passed`` (oldest first) starts with it: at the stream's
+        first output the streamer takes a pending request as its first prompt, later it records the switch."""
         switches = len(streamer.stats.switches)
         t0 = time.perf_counter()
         try:
@@ -291,14 +310,16 @@ class LiveSession:
             self._stop(stream, "failed", f"generation failed: {type(err).__name__}: {err}")
             return None
         made = time.perf_counter() - t0
-        recache = None
-        if len(streamer.stats.switches) > switches:
+        recache, requested_at = None, None
+        if len(streamer.stats.switches) > switches:       # recorded as the chunk it starts is handed out
             s = streamer.stats.switches[-1]
             recache = {"frame": s.frame, "recached": s.recached, "ms": 1e3 * s.seconds}
             self.say(f"prompt switch at the chunk boundary, latent frame {s.frame}: re-cached {s.recached} frames "
                      f"in {1e3 * s.seconds:.1f} ms under {s.prompt!r}")
-        prompt = requested[0] if requested is not None else self.prompt
-        return Chunk(stream, index, start, out, prompt, made, None if requested is None else requested[1], recache)
+            prompt, requested_at = s.prompt, passed.popleft()[1]
+        elif index == 0 and passed:
+            prompt, requested_at = passed.popleft()
+        return Chunk(stream, index, start, out, prompt, made, requested_at, recache)
 
     def _stop(self, stream: int, state: str, message: str) -> None:
         with self._cond:
