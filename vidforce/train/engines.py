@@ -184,9 +184,7 @@ def shared_modules(cfg, objective: Objective, device: torch.device) -> dict[str,
 def trained_engine(cfg, role: str, module: nn.Module, universal: bool, mpu):
     """The ``generator`` or ``critic`` engine: ZeRO stage ``train.<role>_zero_stage``, its optimizer offloaded to
     the CPU with ``train.<role>_offload_optimizer``."""
-    t = cfg.train
-    stage = t.critic_zero_stage if role == "critic" else t.generator_zero_stage
-    offload = t.critic_offload_optimizer if role == "critic" else t.generator_offload_optimizer
+    stage, offload = getattr(cfg.train, f"{role}_zero_stage"), getattr(cfg.train, f"{role}_offload_optimizer")
     offload_from = next(module.parameters()).device if offload else None
     optimizer = adamw(module, base_lr(cfg.optim, role), cfg.optim, uses_cpu_adam(offload_from))
     return _initialize(module, ds_config(cfg, stage, universal, offload_from), optimizer, mpu)
