@@ -7,8 +7,8 @@ import torch
 
 from vidforce import components, config
 from vidforce.models.build import build_generator
-from vidforce.models.graphs import GraphedChunks
-from vidforce.sampling import Sampler
+from vidforce.models.graphs import GraphedChunks, without_writes
+from vidforce.sampling import Sampler, stream_step
 from vidforce.streaming import Streamer
 from tests.models.helpers import stream_chunks, stream_inputs, tiny_arch, tiny_causal
 
@@ -38,6 +38,32 @@ def test_static_buffers_give_the_plain_outputs_bit_for_bit(rope, time_to, fused)
     expected = [((3, 3),), ((3, 6),), ((3, 9),)]
     expected += [((3, 3), (3, 6)), ((3, 6), (3, 9)), ((3, 9), (3, 9))] if fused else []
     assert reads == sorted(expected)
+
+
+def test_a_fused_forward_run_twice_differs_unless_its_writes_are_undone():
+    """A capture's warm-up runs the forward once before the replay. At an eviction step of the fused refresh the
+    later chunk overwrites frames the earlier one reads, so a second run reads the first one's writes and differs
+    (an H200 showed it: the capturing stream differed from later ones by 3e-3); ``without_writes`` puts the
+    written slots back, and the run after it gives the first run's output and cache, bit for bit."""
+    model = tiny_causal(window=9, sink=3)
+    noise, kv = stream_inputs(model)
+    cache = model.new_cache(1, 4, 4, noise.shape[1], "cpu", torch.float32)
+    pending, rng = None, torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for start in range(0, 12, 3):
+            _, pending = stream_step(model, noise[:, start:start + 3], cache, start, kv, SAMPLER, rng, pending)
+        t = torch.full((1, 3), 1000.0)
+        call = model.chunk_call(noise[:, 12:15], t, cache, 12, True, None, (pending.x, pending.t))
+        run = lambda: model(call.x, call.t, plan=call.plan, text_kv=kv)  # noqa: E731
+        before = [b.clone() for b in cache.k + cache.v]
+        first = without_writes(call.plan, run)
+        assert all(torch.equal(a, b) for a, b in zip(cache.k + cache.v, before))
+        again = run()
+        after = [b.clone() for b in cache.k + cache.v]
+        assert torch.equal(again, first)
+        third = run()                                    # the writes of `again` not undone: a different result
+        assert not torch.equal(third, first)
+        assert not all(torch.equal(a, b) for a, b in zip(cache.k + cache.v, after))
 
 
 def test_a_second_stream_reuses_the_cache_and_graphs():

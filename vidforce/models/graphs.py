@@ -66,6 +66,21 @@ def static_copy(plan: Plan, device) -> Plan:
     return out
 
 
+def without_writes(plan: Plan, forward) -> Tensor:
+    """``forward()`` with the cache as it was before: the ring slots ``plan`` writes, every layer's K and V, are
+    saved before and put back after. A capture's warm-up runs the forward once for real; a fused refresh's later
+    chunk evicts frames its earlier chunk reads (:class:`ChunkSequencePlan`), so without this the replay that
+    follows would read the warm-up's writes in their place."""
+    plans = sub_plans(plan)
+    cache, slots = plans[0].cache, torch.cat([p.layout.write_slots for p in plans]).unique()
+    buffers = cache.k + cache.v
+    saved = [b.index_select(2, slots) for b in buffers]
+    out = forward()
+    for b, s in zip(buffers, saved):
+        b.index_copy_(2, slots, s)
+    return out
+
+
 def load(static: Plan, plan: Plan) -> None:
     """Copy ``plan``'s per-chunk tensors into ``static`` (same shape key), in place."""
     for dst, src in zip(sub_plans(static), sub_plans(plan)):
@@ -87,8 +102,8 @@ class _Graph:
         if capture:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                self._forward()                     # warm-up (handles, compilation): writes what the replay will
+            with torch.cuda.stream(side):              # warm-up (handles, compilation), its cache writes undone
+                without_writes(self.plan, self._forward)
             torch.cuda.current_stream().wait_stream(side)
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph, pool=pool):
