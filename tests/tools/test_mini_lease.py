@@ -22,7 +22,7 @@ def lease(root: Path, out: Path, *args: str) -> subprocess.CompletedProcess:
 def test_lease_fetches_exports_and_a_carried_stage_is_not_rerun(tmp_path):
     first, out = tmp_path / "first", tmp_path / "out1"
     first.mkdir()
-    done = lease(first, out, "--fetch", "teacher", "world,teacher_base,teacher_shift,teacher")
+    done = lease(first, out, "--fetch", "teacher", "world,teacher_base,teacher_shift,teacher_shift2,teacher")
     assert done.returncode == 0, done.stdout + done.stderr
     shards = sorted(p.name for p in out.glob("teacher-*.safetensors"))
     assert shards and all((out / s).stat().st_size <= 16 * 2 ** 20 for s in shards)

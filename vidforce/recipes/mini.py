@@ -8,7 +8,8 @@ interrupted training stage resumes from its run's latest checkpoint):
 2. ``teacher_base``      bidirectional teacher, phase 1: flow matching with CFG dropout, sigma ~ U[0, 1]
 3. ``teacher_shift``     phase 2 from the teacher_base export: the same at the sampling shift 3 (the count is
                          decided at high noise)
-   ``teacher``           phase 3 from the teacher_shift export: 2000 more steps; all three phases are evaluated
+   ``teacher_shift2``    phase 3 from the teacher_shift export: 2000 more steps of the same
+   ``teacher``           phase 4 from the teacher_shift2 export: 3000 more steps; every phase is evaluated
                          at 1x K (gate 1 reads ``teacher``)
 4. ``ode_pairs``         teacher Euler ODE with CFG, recorded at the few-step sigmas     -> ``pairs.safetensors``
 5. ``ode_init``          causal ODE-regression init from the teacher weights
@@ -51,7 +52,8 @@ _FROM_ODE = (("model.checkpoint", "ode_init"), ("teacher.checkpoint", "teacher")
 TRAINED = {  # stage -> (config field, stage whose artifact it loads)
     "teacher_base": (),
     "teacher_shift": (("model.checkpoint", "teacher_base"),),
-    "teacher": (("model.checkpoint", "teacher_shift"),),
+    "teacher_shift2": (("model.checkpoint", "teacher_shift"),),
+    "teacher": (("model.checkpoint", "teacher_shift2"),),
     "ode_init": (("model.checkpoint", "teacher"), ("objective.ode_init.pairs", "ode_pairs")),
     "teacher_forcing": (("model.checkpoint", "teacher"),),
     "diffusion_forcing": (("model.checkpoint", "teacher"),),
@@ -63,7 +65,7 @@ TRAINED = {  # stage -> (config field, stage whose artifact it loads)
     "self_forcing_seed1": _FROM_ODE,
     "self_forcing_pp_seed1": _FROM_ODE,
 }
-BIDIRECTIONAL = ("teacher_base", "teacher_shift", "teacher")   # the teacher's phases: 1x K, the teacher sampler
+BIDIRECTIONAL = ("teacher_base", "teacher_shift", "teacher_shift2", "teacher")   # the teacher's phases: 1x K, the teacher sampler
 STAGES = ("world", *BIDIRECTIONAL, "ode_pairs", *[s for s in TRAINED if s not in BIDIRECTIONAL], "evaluate")
 EULER_BASELINES = ("teacher_forcing", "diffusion_forcing", "teacher_forcing_seed1")   # not distilled
 GUIDED_BASELINES = ("teacher_forcing", "diffusion_forcing")   # also evaluated guided at the students' step count
