@@ -11,8 +11,9 @@ only by the setting. At 1x every drift term but the count compares the first win
 construction), so the columns are the ones the teacher gate reads (``count_accuracy``, ``D``) and the count
 error. ``--start s0 < 1`` starts the ODE from each unit's true clip noised to ``s0``,
 ``(1 - s0) x + s0 eps`` with the unit's noise, on the steps of the grid below ``s0`` (SDEdit): the noise level at
-which the teacher's count goes wrong is where its start-1 failures are made. Prints a markdown table (mean ± standard error over scenes) and writes it to ``--out`` with the command
-that made it.
+which the teacher's count goes wrong is where its start-1 failures are made. ``--erased`` adds, per start s0 < 1,
+which of the true balls the teacher erased, by radius, background level and count (:func:`erased_table`). Prints a
+markdown table (mean ± standard error over scenes) and writes it to ``--out`` with the command that made it.
 """
 from __future__ import annotations
 
@@ -22,12 +23,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tools.bench_common import write_markdown  # noqa: E402
 from vidforce import components  # noqa: E402
-from vidforce.data.balls import sample_batch  # noqa: E402
+from vidforce.data.balls import BallScene, BallWorldSpec, sample_batch, scene_for_seed, simulate  # noqa: E402
 from vidforce.recipes import evaluate as ev  # noqa: E402
 from vidforce.recipes.report import value_cell  # noqa: E402
 from vidforce.recipes.mini import eval_setup, load_mini, stage_config  # noqa: E402
@@ -46,9 +48,57 @@ def start_grid(grid: tuple[float, ...], start: float) -> tuple[float, ...]:
     return (start, *(s for s in grid if s < start))
 
 
+def ball_presence(video: np.ndarray, scene: BallScene, spec: BallWorldSpec) -> np.ndarray:
+    """Per true ball of ``scene`` [N]: the fraction of the frames of ``video [T, H, W, 3]`` uint8 in which it is
+    drawn, i.e. the mean colour inside its true disc (shrunk by 1 px, at least 1.5 px) is nearer the ball's
+    colour than the background's."""
+    positions, _ = simulate(scene, spec, len(video))                       # [T, N, 2]
+    ys, xs = np.mgrid[0:spec.height, 0:spec.width] + 0.5
+    bg = scene.background.astype(np.float64)
+    out = np.zeros(scene.count)
+    for n in range(scene.count):
+        r = max(scene.radii[n] - 1.0, 1.5)
+        for t, frame in enumerate(video):
+            inside = (xs - positions[t, n, 0]) ** 2 + (ys - positions[t, n, 1]) ** 2 < r * r
+            mean = frame[inside].astype(np.float64).mean(0)
+            out[n] += np.linalg.norm(mean - scene.colours[n]) < np.linalg.norm(mean - bg)
+    return out / len(video)
+
+
+def erased_balls(videos: list[np.ndarray], seeds: tuple[int, ...], per_scene: int, spec: BallWorldSpec) -> list[dict]:
+    """One row per true ball of every unit (scene-major, ``per_scene`` units per scene): ``{count, radius,
+    background, erased}``, erased = drawn in fewer than half the frames."""
+    rows = []
+    for i, video in enumerate(videos):
+        scene = scene_for_seed(seeds[i // per_scene], spec)
+        for n, present in enumerate(ball_presence(video, scene, spec)):
+            rows.append({"count": scene.count, "radius": float(scene.radii[n]),
+                         "background": float(scene.background[0]), "erased": bool(present < 0.5)})
+    return rows
+
+
+def erased_table(balls: list[dict], spec: BallWorldSpec, start: float) -> str:
+    """Markdown: the fraction of balls erased, overall and by radius (thirds of ``spec.radius_range``), by
+    background grey level (thirds of ``spec.background_range``) and by the scene's count."""
+    def band(key: str, lo: float, hi: float, name: str) -> list[tuple[str, list[dict]]]:
+        edges = np.linspace(lo, hi, 4)
+        return [(f"{name} [{a:.2f}, {b:.2f}{']' if j == 2 else ')'}",
+                 [r for r in balls if a <= r[key] < b or (j == 2 and r[key] == b)])
+                for j, (a, b) in enumerate(zip(edges[:-1], edges[1:]))]
+    groups = [("all", balls), *band("radius", *spec.radius_range, "radius"),
+              *band("background", *spec.background_range, "background"),
+              *[(f"count {c}", [r for r in balls if r["count"] == c]) for c in range(spec.min_balls, spec.max_balls + 1)]]
+    lines = [f"Balls erased from true clips noised to sigma {start:g}:", "", "| balls | n | erased |", "|---|---|---|"]
+    for name, rows in groups:
+        frac = f"{np.mean([r['erased'] for r in rows]):.3f}" if rows else "-"
+        lines.append(f"| {name} | {len(rows)} | {frac} |")
+    return "\n".join(lines) + "\n"
+
+
 def sweep(run_dir: str, smoke: bool, device: str, guidance: list[float], steps: list[int], shifts: list[float],
-          scenes: int, starts: list[float] = (1.0,)) -> list[dict]:
-    """One row per setting: ``{guidance, steps, shift, start, <metric>: (mean, se), seconds}`` at 1x K."""
+          scenes: int, starts: list[float] = (1.0,), erased: bool = False) -> list[dict]:
+    """One row per setting: ``{guidance, steps, shift, start, <metric>: (mean, se), seconds}`` at 1x K; with
+    ``erased``, rows from a start s0 < 1 also carry ``erased``, the table of :func:`erased_table`."""
     mini = load_mini(smoke, device, run_dir)
     if not (mini.artifact("teacher").exists() and mini.artifact("world").is_file()):
         raise FileNotFoundError(f"{run_dir}: needs a finished teacher and world stage "
@@ -71,10 +121,14 @@ def sweep(run_dir: str, smoke: bool, device: str, guidance: list[float], steps: 
         grid = start_grid(euler_grid(n, shift), s0)
         start = noise if s0 == 1 else (1 - s0) * truth + s0 * noise
         sample = ev.teacher_sampler(teacher, text, cfg.data.negative_prompt, grid, guide)
-        summary = ev.summarize_model(ev.generate_videos(sample, codec, prompts, start), setup, len(setup.noise_seeds))
+        videos = ev.generate_videos(sample, codec, prompts, start)
+        summary = ev.summarize_model(videos, setup, len(setup.noise_seeds))
         mean, se = summary["horizons"]["1x"], summary["se"]["1x"]
         rows.append({"guidance": g, "steps": n, "shift": shift, "start": s0, **{k: (mean[k], se[k]) for k in METRICS},
                      "seconds": time.perf_counter() - t0})
+        if erased and s0 < 1:
+            balls = erased_balls(videos, setup.seeds, len(setup.noise_seeds), setup.spec)
+            rows[-1]["erased"] = erased_table(balls, setup.spec, s0)
         print(f"[teacher_sampling] guidance {g} steps {n} shift {shift} start {s0}: count_accuracy "
               f"{mean['count_accuracy']:.3f}, D {mean['D']:.3f} ({rows[-1]['seconds']:.0f} s)", flush=True)
     return rows
@@ -87,7 +141,9 @@ def table(rows: list[dict]) -> str:
         cells = [f"{r['guidance']:g}", str(r["steps"]), f"{r['shift']:g}", f"{r['start']:g}"]
         cells += [value_cell(*r[k]) for k in METRICS]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    extra = [f"\nguidance {r['guidance']:g}, steps {r['steps']}, shift {r['shift']:g}. {r['erased']}" for r in rows
+             if "erased" in r]
+    return "\n".join(lines) + "\n" + "".join(extra)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--start", type=float, nargs="+", default=[1.0],
                    help="start sigmas: 1 samples from noise; s0 < 1 starts from the true clip noised to s0")
     p.add_argument("--scenes", type=int, default=32)
+    p.add_argument("--erased", action="store_true", help="per start < 1: which true balls were erased (radius, ...)")
     p.add_argument("--out", default=None, help="write the table (and this command) to this markdown file")
     args = p.parse_args(argv)
     if args.scenes < 2:
@@ -108,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     if not all(0 < s0 <= 1 for s0 in args.start):
         p.error(f"--start sigmas must be in (0, 1], got {args.start}")
     try:
-        rows = sweep(args.run, args.smoke, args.device, args.guidance, args.steps, args.shift, args.scenes, args.start)
+        rows = sweep(args.run, args.smoke, args.device, args.guidance, args.steps, args.shift, args.scenes, args.start,
+                     args.erased)
     except (FileNotFoundError, ValueError) as err:
         print(f"teacher_sampling: error: {err}", file=sys.stderr)
         return 2

@@ -4,7 +4,7 @@ import importlib.util
 import json
 
 import imageio.v3 as iio
-
+import numpy as np
 import pytest
 
 from vidforce.recipes import mini
@@ -200,3 +200,29 @@ def test_teacher_sampling_without_a_teacher_names_the_file(tmp_path, capsys):
     tool = teacher_sampling_tool()
     assert tool.main([str(tmp_path), "--smoke", "--scenes", "2"]) == 2
     assert str(tmp_path / "teacher" / "model") in capsys.readouterr().err
+
+
+def test_teacher_sampling_finds_the_erased_ball_and_no_other():
+    """True renders keep every ball; painting one ball's disc over with the background in every frame erases that
+    ball only, and the table counts it in its radius, background and count rows."""
+    from vidforce.data.balls import BallWorldSpec, render_numpy, scene_for_seed, simulate  # noqa: PLC0415
+    tool = teacher_sampling_tool()
+    spec, frames = BallWorldSpec(), 12
+    seeds = tuple(s for s in range(40) if scene_for_seed(s, spec).count == 3)[:2]
+    videos = []
+    for seed in seeds:
+        scene = scene_for_seed(seed, spec)
+        videos.append(render_numpy(scene, spec, simulate(scene, spec, frames)[0]))
+    assert not any(r["erased"] for r in tool.erased_balls(videos, seeds, 1, spec))
+    scene, positions = scene_for_seed(seeds[1], spec), simulate(scene_for_seed(seeds[1], spec), spec, frames)[0]
+    ys, xs = np.mgrid[0:spec.height, 0:spec.width] + 0.5
+    for t in range(frames):
+        videos[1][t][(xs - positions[t, 2, 0]) ** 2 + (ys - positions[t, 2, 1]) ** 2 < scene.radii[2] ** 2] = \
+            scene.background
+    rows = tool.erased_balls(videos, seeds, 1, spec)
+    assert [r["erased"] for r in rows] == [False] * 5 + [True]
+    assert rows[5]["radius"] == scene.radii[2] and rows[5]["count"] == 3
+    table = tool.erased_table(rows, spec, 0.8)
+    assert "| all | 6 | 0.167 |" in table and "| count 3 | 6 | 0.167 |" in table and "| count 1 | 0 | - |" in table
+    radius_rows = [line for line in table.splitlines() if line.startswith("| radius")]
+    assert sum(int(line.split("|")[2]) for line in radius_rows) == 6
