@@ -5,11 +5,13 @@
 # exports come back through $OUT.
 #
 #   bash tools/mini_lease.sh [--limit SECONDS] [--fetch stage,stage] [--models m,m] [--device D] [--smoke]
-#                            [--run DIR] [--set STAGE:KEY=VALUE ...] STAGES
+#                            [--run DIR] [--set STAGE:KEY=VALUE ...] [--tag NAME] STAGES
 #
 # --run DIR (default runs/mini) and --set (vidforce mini --set: an ablation arm) let two arms share one GPU:
 #   bash tools/mini_lease.sh ... STAGES & bash tools/mini_lease.sh --run runs/mini-c --set teacher:... STAGES; wait
 # the files of a --run other than runs/mini come back prefixed with its name (mini-c-teacher-00001-of-00002...).
+# Two commands may also train different stages of one run at once once their inputs are done (e.g.
+# teacher_forcing & diffusion_forcing): --tag NAME keeps their small.tar apart (small-NAME.tar).
 #
 # Before it: stage directories packed on the development machine as out/carry/*.tar.xz, e.g.
 #   (cd runs/mini-v2 && python3 -m tarfile -c ../../out/carry/teacher.tar.xz teacher)
@@ -20,11 +22,12 @@
 # results-videos-<model>.npz and results-probes.tar for --models, and small.tar with every stage's
 # done.json, index and training log (gzipped).
 set -uo pipefail
-limit=530 fetch="" models="" device=cuda smoke="" rundir=runs/mini sets=()
+limit=530 fetch="" models="" device=cuda smoke="" rundir=runs/mini sets=() tag=""
 while [ $# -gt 1 ]; do
   case "$1" in
     --run) rundir=$2; shift 2 ;;
     --set) sets+=(--set "$2"); shift 2 ;;
+    --tag) tag=-$2; shift 2 ;;
     --device) device=$2; shift 2 ;;
     --smoke) smoke=--smoke; shift ;;
     --limit) limit=$2; shift 2 ;;
@@ -33,7 +36,7 @@ while [ $# -gt 1 ]; do
     *) echo "mini_lease.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
-[ $# -eq 1 ] || { echo "usage: mini_lease.sh [--limit S] [--fetch a,b] [--models m,n] [--device D] [--smoke] [--run DIR] [--set S:K=V] STAGES" >&2
+[ $# -eq 1 ] || { echo "usage: mini_lease.sh [--limit S] [--fetch a,b] [--models m,n] [--device D] [--smoke] [--run DIR] [--set S:K=V] [--tag NAME] STAGES" >&2
                   exit 2; }
 stages=$1 root=$(pwd) code=$(cd "$(dirname "$0")/.." && pwd) run=$(pwd)/$rundir out=${OUT:-/tmp/out}
 prefix=""
@@ -45,11 +48,14 @@ if ls .whl/*.whl >/dev/null 2>&1; then      # once per machine; the lock keeps t
     --no-compile --no-cache-dir --target /tmp/site .whl/*.whl 2>&1 | grep -v "^WARNING" || true'
 fi
 export PYTHONPATH=/tmp/site:$code
+exec 9>"$run/.unpack.lock"                   # two commands of one run unpack the carry one after the other
+command -v flock >/dev/null && flock 9
 for t in out/carry/*.tar.xz; do
   [ -f "$t" ] || continue
   stage=$(basename "$t" .tar.xz)
   [ -f "$run/$stage/done.json" ] || (cd "$run" && python3 -m tarfile -e "$root/$t" .) || exit 1
 done
+exec 9>&-
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.used --format=csv,noheader
 args=(mini --device "$device" --out "$run" --stages "$stages" $smoke "${sets[@]}")
 [ -n "$models" ] && args+=(--models "$models")
@@ -69,6 +75,6 @@ fi
 (cd "$run" && for d in */; do
    [ -f "$d/run/metrics.jsonl" ] && gzip -c "$d/run/metrics.jsonl" > "$d/metrics.jsonl.gz"
  done
- tar -cf "$out/${prefix}small.tar" $(ls -d */done.json */model/*.json */metrics.jsonl.gz 2>/dev/null))
+ tar -cf "$out/${prefix}small$tag.tar" $(ls -d */done.json */model/*.json */metrics.jsonl.gz 2>/dev/null))
 ls -la "$out"
 exit "$rc"

@@ -48,9 +48,9 @@ def test_lease_rejects_an_unknown_option(tmp_path):
 def test_an_arm_runs_in_its_own_directory_and_comes_back_prefixed(tmp_path):
     out = tmp_path / "out"
     arm = lease(tmp_path, out, "--run", "runs/mini-c", "--set", "teacher_base:train.steps=2", "--fetch", "teacher_base",
-                "world,teacher_base")
+                "--tag", "t", "world,teacher_base")
     assert arm.returncode == 0, arm.stdout + arm.stderr
-    assert (out / "mini-c-small.tar").is_file() and not (out / "small.tar").exists()
+    assert (out / "mini-c-small-t.tar").is_file() and not list(out.glob("small*.tar"))
     assert list(out.glob("mini-c-teacher_base-*.safetensors")) and not (tmp_path / "runs" / "mini").exists()
     done = (tmp_path / "runs" / "mini-c" / "teacher_base" / "done.json").read_text()
     assert '"set": [\n  "train.steps=2"\n ]' in done and '"steps": 2' in done
