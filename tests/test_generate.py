@@ -89,6 +89,23 @@ def test_a_writer_failure_is_an_error_not_a_success(tmp_path, capsys, monkeypatc
     assert len(err) == 1 and err[0].startswith("vidforce generate: error: ffmpeg failed to write") and "o.mp4" in err[0]
 
 
+def test_an_interrupt_keeps_every_frame_appended_before_it(tmp_path, capsys, monkeypatch):
+    """Ctrl-C or SIGTERM (its handler raises KeyboardInterrupt) as the third chunk reaches the writer: exit status
+    130, and the finalised mp4 holds exactly the frames of the two appends before it, the count printed."""
+    append, appended = Mp4Writer.append, []
+
+    def interrupted(self, frames):
+        if len(appended) == 2:
+            raise KeyboardInterrupt
+        append(self, frames)
+        appended.append(len(frames))
+
+    monkeypatch.setattr(Mp4Writer, "append", interrupted)
+    assert main(generate(tmp_path, "--random-weights", "--seconds", "4")) == 130
+    assert f"stopped early: wrote {sum(appended)} frames to " in capsys.readouterr().out
+    assert appended == [3, 3] and iio.imread(tmp_path / "o.mp4").shape[0] == 6
+
+
 @pytest.mark.parametrize("out,message", [("d.mp4", "is a directory"), ("f/o.mp4", "is a file, not a directory"),
                                          ("o.avi", "--out must end in .mp4")])
 def test_unwritable_outputs_fail_before_any_model_is_built(tmp_path, capsys, monkeypatch, out, message):

@@ -1,4 +1,5 @@
 """Streaming: long videos at flat memory, incremental playable mp4s, prompt switches with KV re-cache."""
+import math
 import os
 import signal
 import subprocess
@@ -178,6 +179,31 @@ def test_overlapped_decode_hands_out_the_serial_frames(fused, start_image):
     assert overlapped.chunk_decode_s == [] and len(overlapped.chunk_wall_s) == 8
     assert sum(overlapped.chunk_wall_s) == pytest.approx(overlapped.wall_s)
     assert overlapped.first_frame_s == pytest.approx(overlapped.chunk_wall_s[0])
+
+
+@pytest.mark.parametrize("start_image", [False, True])
+def test_the_rate_after_the_first_output_leaves_its_start_up_out(start_image):
+    """A slow first output (a stand-in for compiles and captures: 0.3 s more in its first forward) lowers the
+    throughput, not ``fps_after_first``: the frames after the first output over the time after it; nan with one."""
+    cfg = config.load(None, OVERRIDES)
+    first = None if not start_image else torch.rand(1, 1, cfg.model.in_dim, 8, 8) * 2 - 1
+    s = _streamer(cfg)
+    forward, calls = s.model.forward_chunk, []
+
+    def slow_first(*args, **kwargs):
+        if not calls:
+            time.sleep(0.3)
+        calls.append(1)
+        return forward(*args, **kwargs)
+    s.model.forward_chunk = slow_first
+    outs = list(s.frames(12 if first is None else 10, [(0, "a red circle")], first))
+    st = s.stats
+    assert st.first_frames == len(outs[0]) == (3 if first is None else 1) and st.first_frame_s > 0.3
+    assert st.fps_after_first == pytest.approx((st.frames - len(outs[0])) / (st.wall_s - st.first_frame_s))
+    assert st.fps_after_first > 2 * st.fps
+    one = _streamer(cfg)
+    list(one.frames(3, [(0, "a red circle")]))
+    assert one.stats.chunks == 1 and math.isnan(one.stats.fps_after_first)
 
 
 def test_overlapped_decode_issues_the_next_chunks_dit_before_the_decode():

@@ -1,12 +1,17 @@
-"""The one mp4 writer: pixel mapping, a near-lossless plain mp4, a fragmented stream, the even-size rule."""
+"""The one mp4 writer: pixel mapping, a near-lossless plain mp4, a fragmented stream, the even-size rule, the
+writer thread (every frame, the same file, errors on the caller's next call, a bounded queue)."""
+import re
+import subprocess
+import sys
+import threading
+import time
+
 import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
 
-import sys
-
-from vidforce.video_io import Mp4Writer, ffmpeg_exe, to_uint8_frames
+from vidforce.video_io import QUEUE_DEPTH, Mp4Writer, ffmpeg_exe, to_uint8_frames
 
 
 def test_to_uint8_frames_maps_the_pixel_range():
@@ -107,3 +112,66 @@ def test_without_imageio_ffmpeg_the_ffmpeg_on_path_is_used_else_one_line(tmp_pat
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(OSError, match=r"^writing mp4 needs ffmpeg: pip install imageio-ffmpeg, or put an ffmpeg on PATH$"):
         ffmpeg_exe()
+
+
+def test_many_appends_write_every_frame_as_a_synchronous_pipe_would(tmp_path):
+    """The thread changes when ffmpeg reads, not what: 40 appends of 3 frames from one reused array decode to the
+    frames of the same bytes piped to the same ffmpeg command in one synchronous write (and count 120)."""
+    frames = blocks(n=120)
+    buffer = np.empty_like(frames[:3])
+    with Mp4Writer(tmp_path / "t.mp4", 8) as w:
+        for i in range(0, 120, 3):
+            buffer[:] = frames[i:i + 3]                          # append copies: the caller may reuse its array
+            w.append(buffer)
+    reference = Mp4Writer(tmp_path / "r.mp4", 8)
+    subprocess.run(reference._command(32, 32), input=frames.tobytes(), check=True, capture_output=True)
+    written = iio.imread(tmp_path / "t.mp4")
+    assert w.frames == 120 and written.shape == frames.shape
+    assert np.array_equal(written, iio.imread(tmp_path / "r.mp4"))
+    assert np.abs(written.astype(int) - frames.astype(int)).mean() < 4.0
+
+
+def test_a_failure_after_the_last_append_is_raised_by_close_once(tmp_path):
+    """ffmpeg killed while the thread writes: close raises the one-line OSError; the writer is then closed."""
+    w = Mp4Writer(tmp_path / "k.mp4", 8)
+    w.append(blocks(n=2))
+    w._proc.kill()
+    w._proc.wait()
+    w.append(blocks(n=2))                                        # queued; the thread meets the broken pipe
+    with pytest.raises(OSError, match=r"^ffmpeg failed to write .*k\.mp4 \(exit status -9\): no message$") as err:
+        w.close()
+    assert "\n" not in str(err.value)
+    w.close()                                                    # nothing left to raise
+
+
+def test_append_blocks_once_the_queue_is_full(tmp_path, monkeypatch):
+    """An "ffmpeg" that never reads: the thread blocks on its first write, QUEUE_DEPTH more appends queue, and the
+    next one waits -- memory stays bounded. Killing it unblocks that append and the one after raises."""
+    fake = tmp_path / "ffmpeg"
+    fake.write_text("#!/bin/sh\nexec sleep 60\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr("vidforce.video_io.ffmpeg_exe", lambda: str(fake))
+    w = Mp4Writer(tmp_path / "b.mp4", 8)
+    chunk = np.zeros((8, 256, 256, 3), np.uint8)                # 1.5 MB: more than a pipe holds
+    done, errors = [], []
+
+    def appending():
+        try:
+            for _ in range(QUEUE_DEPTH + 3):
+                w.append(chunk)
+                done.append(1)
+        except OSError as err:
+            errors.append(err)
+    helper = threading.Thread(target=appending, daemon=True)
+    helper.start()
+    deadline = time.time() + 10
+    while len(done) < QUEUE_DEPTH + 1 and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.5)
+    assert len(done) == QUEUE_DEPTH + 1 and helper.is_alive()   # one in the thread's write, QUEUE_DEPTH queued
+    w._proc.kill()
+    helper.join(timeout=10)
+    assert not helper.is_alive() and len(done) == QUEUE_DEPTH + 2
+    assert len(errors) == 1 and re.match(r"ffmpeg failed to write .*b\.mp4 \(exit status -9\): no message$",
+                                         str(errors[0]))
+    w.close()

@@ -3,7 +3,10 @@
 Everything that can be wrong with the input (config keys, weights, output path, prompt schedule) is checked
 before the model is built. The weights are ``--checkpoint`` or the config's ``model.checkpoint``; without either
 only ``--random-weights`` (benchmarks) generates, from untrained weights. Ctrl-C or SIGTERM stops generation and
-still finalises a playable mp4 of everything generated so far; a failure of the mp4 writer is an error.
+still finalises a playable mp4 of every frame handed to the writer so far; a failure of the mp4 writer is an error.
+The last line gives the latency to the first frame, the throughput (frames over the time to the last chunk), the
+throughput after the first chunk (the frames after it over the time after it was handed out: without the start-up
+of the first chunk in a fresh process, its compiles and first graph captures) and the peak memory.
 
 ``--image`` starts the video from an image (``vidforce.image_start``: fitted, encoded, committed to the cache at
 frame 0; the chunks then start at frame 1). ``--prompts-live FILE`` follows FILE (``-``: stdin) while streaming:
@@ -118,8 +121,12 @@ class Parts:
 
 def build(cfg, compile_blocks: bool) -> Parts:
     """The generator (FP8 linears with ``stream.fp8``, ``torch.compile``d blocks if asked), codec, text encoder and
-    sampler of ``cfg``, and the CUDA-graph runner of ``stream.cuda_graphs`` (eager static buffers off CUDA)."""
+    sampler of ``cfg``, and the CUDA-graph runner of ``stream.cuda_graphs`` (eager static buffers off CUDA). On CUDA
+    it sets ``cudnn.benchmark``: one frame size for the whole run, so the codec's convolutions get the fastest
+    algorithms (the streaming bench always ran so; ``vidforce generate`` did not until 2026-12-02)."""
     device = _device(cfg.train.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     dtype = torch.bfloat16 if (cfg.train.precision == "bf16" and device.type == "cuda") else torch.float32
     from vidforce.models.build import build_generator  # noqa: PLC0415
     model = build_generator(cfg, device, dtype).eval()
@@ -153,13 +160,14 @@ def run(args) -> int:
     switches = switch_frames(schedule, fps, codec, chunk, offset)
     _warn_late(schedule, switches, latent, codec.num_frames(latent) / fps)
     streamer = parts.streamer(args.seed)
-    stopped = _stream(streamer, latent, switches, out, fps, cfg.logging.progress, first, live)
+    stopped, written = _stream(streamer, latent, switches, out, fps, cfg.logging.progress, first, live)
     s = streamer.stats
     if s.frames == 0:
         print(f"stopped before the first frame: {out} not written")
         return 130
-    print(f"{'stopped early: ' if stopped else ''}wrote {s.frames} frames to {out}")
+    print(f"{'stopped early: ' if stopped else ''}wrote {written} frames to {out}")
     print(f"latency to first frame {s.first_frame_s:.3f} s | throughput {s.fps:.2f} frames/s | "
+          f"after the first chunk {s.fps_after_first:.2f} frames/s | "
           f"peak memory {s.peak_memory_bytes / 2**30:.2f} GiB | prompt switches {s.recaches}")
     return 130 if stopped else 0
 
@@ -173,26 +181,29 @@ def _warn_late(schedule: list[tuple[float, str]], switches: list[tuple[int, str]
 
 
 def _stream(streamer: Streamer, latent: int, schedule, out: Path, fps: float, progress: bool,
-            first: torch.Tensor | None = None, live: LiveLines | None = None) -> bool:
-    """Write frames as they come; returns True when interrupted (the mp4 is finalised either way). The
-    progress bar (``logging.progress``) shows when stderr is a terminal. Between chunks: one line per prompt
-    switch, and the lines that arrived on ``live`` become the next chunk's prompt."""
+            first: torch.Tensor | None = None, live: LiveLines | None = None) -> tuple[bool, int]:
+    """Write frames as they come (``Mp4Writer`` encodes them on its own thread while the next chunks are
+    generated); returns whether it was interrupted and the frames written: every frame appended before an
+    interrupt (the mp4 is finalised either way). The progress bar (``logging.progress``) shows when stderr is a
+    terminal. Between chunks: one line per prompt switch, and the lines that arrived on ``live`` become the next
+    chunk's prompt."""
     from tqdm import tqdm  # noqa: PLC0415
+    writer = Mp4Writer(out, fps)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     total = streamer.codec.num_frames(latent)
     bar = tqdm(total=total, unit="frame", disable=None if progress else True, file=sys.stderr)
     reported = 0
     try:
-        with Mp4Writer(out, fps) as writer:
+        with writer:
             for frames in streamer.frames(latent, schedule, first):
                 writer.append(frames)
                 bar.update(len(frames))
                 bar.set_postfix(fps=f"{streamer.stats.fps:.1f}")
                 _between_chunks(streamer, live, bar, fps, reported)
                 reported = len(streamer.stats.switches)
-        return False
+        return False, writer.frames
     except KeyboardInterrupt:
-        return True
+        return True, writer.frames
     finally:
         bar.close()
         signal.signal(signal.SIGTERM, previous)

@@ -56,10 +56,12 @@ class StreamStats:
     streaming only, the DiT and the decode of each output, the device synchronised between them; empty with
     ``overlap_decode``, where the two run at once on two streams and have no separate host times (the period of a
     chunk is its ``chunk_wall_s``). ``Switch.seconds``: the re-cache (overlapped: between CUDA events around it on
-    the main stream, no synchronisation)."""
+    the main stream, no synchronisation). ``first_frames``: the frames of the first output (``first_frame_s`` is
+    when it was handed out)."""
     frames: int = 0
     chunks: int = 0
     first_frame_s: float = float("nan")
+    first_frames: int = 0
     wall_s: float = 0.0
     chunk_wall_s: list[float] = field(default_factory=list)
     chunk_dit_s: list[float] = field(default_factory=list)
@@ -71,6 +73,14 @@ class StreamStats:
     @property
     def fps(self) -> float:
         return self.frames / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def fps_after_first(self) -> float:
+        """The frames after the first output over the time after it was handed out: the rate without the first
+        output's start-up (the first compiles and graph captures; the captures of the window's later fill levels
+        stay in); nan with one output."""
+        after = self.wall_s - self.first_frame_s
+        return (self.frames - self.first_frames) / after if self.chunks > 1 and after > 0 else float("nan")
 
 
 def _sync(device: torch.device) -> None:
@@ -312,7 +322,7 @@ class Streamer:
         te = time.perf_counter()
         s = self.stats
         if s.frames == 0:
-            s.first_frame_s = te - t0
+            s.first_frame_s, s.first_frames = te - t0, len(frames)
         if dit is not None:
             s.chunk_dit_s.append(dit[1] - dit[0])
             s.chunk_decode_s.append(te - dit[1])

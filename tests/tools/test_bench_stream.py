@@ -22,6 +22,16 @@ def test_help_lists_every_lever():
     assert bad.returncode != 0 and "bad variant 'graphs+turbo'" in bad.stderr
 
 
+def test_the_generate_line_parses_with_the_rate_after_the_first_chunk(tmp_path, capsys):
+    """``vidforce generate``'s last line is what the bench's generate rows read, the steady rate included."""
+    from tests.test_generate import generate  # noqa: PLC0415
+    from tools.bench_stream import GENERATE_RESULT  # noqa: PLC0415
+    from vidforce.cli import main  # noqa: PLC0415
+    assert main(generate(tmp_path, "--random-weights", "--seconds", "4")) == 0
+    found = GENERATE_RESULT.search(capsys.readouterr().out)
+    assert found and float(found.group(2)) > 0 and float(found.group(3)) > 0
+
+
 @pytest.mark.slow
 def test_tiny_cpu_run_measures_every_lever_and_the_generate_path(tmp_path):
     out = tmp_path / "out"
@@ -42,3 +52,4 @@ def test_tiny_cpu_run_measures_every_lever_and_the_generate_path(tmp_path):
     (generated,) = result["generate_rows"]
     assert generated["variant"] == "generate:taehv+graphs+fused+overlap" and generated["returncode"] == 0
     assert generated["frames"] == 21 and generated["mp4_bytes"] > 0 and generated["fps_end_to_end"] > 0
+    assert generated["fps_after_first"] > 0

@@ -12,8 +12,6 @@ import signal
 import sys
 import time
 
-import torch
-
 from vidforce.generate import build, describe_weights, load_config
 from vidforce.image_start import read_image, start_latent
 from vidforce.live_prompts import check_prompt
@@ -37,8 +35,6 @@ def run(args) -> int:
     image = read_image(args.image) if args.image else None
     say(f"weights: {describe_weights(args, cfg)}")
     parts = build(cfg, args.compile)
-    if parts.device.type == "cuda":
-        torch.backends.cudnn.benchmark = True      # one frame size for the whole run: pick the fastest convs
     first = None
     if image is not None:
         first, note = start_latent(parts.codec, image, parts.latent_hw, parts.device, parts.dtype)
