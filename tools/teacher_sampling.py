@@ -48,11 +48,10 @@ def start_grid(grid: tuple[float, ...], start: float) -> tuple[float, ...]:
     return (start, *(s for s in grid if s < start))
 
 
-def ball_presence(video: np.ndarray, scene: BallScene, spec: BallWorldSpec) -> np.ndarray:
+def ball_presence(video: np.ndarray, scene: BallScene, positions: np.ndarray, spec: BallWorldSpec) -> np.ndarray:
     """Per true ball of ``scene`` [N]: the fraction of the frames of ``video [T, H, W, 3]`` uint8 in which it is
-    drawn, i.e. the mean colour inside its true disc (shrunk by 1 px, at least 1.5 px) is nearer the ball's
-    colour than the background's."""
-    positions, _ = simulate(scene, spec, len(video))                       # [T, N, 2]
+    drawn, i.e. the mean colour inside its true disc at ``positions [T, N, 2]`` (shrunk by 1 px, at least 1.5 px)
+    is nearer the ball's colour than the background's."""
     ys, xs = np.mgrid[0:spec.height, 0:spec.width] + 0.5
     bg = scene.background.astype(np.float64)
     out = np.zeros(scene.count)
@@ -68,10 +67,12 @@ def ball_presence(video: np.ndarray, scene: BallScene, spec: BallWorldSpec) -> n
 def erased_balls(videos: list[np.ndarray], seeds: tuple[int, ...], per_scene: int, spec: BallWorldSpec) -> list[dict]:
     """One row per true ball of every unit (scene-major, ``per_scene`` units per scene): ``{count, radius,
     background, erased}``, erased = drawn in fewer than half the frames."""
-    rows = []
+    rows, frames = [], len(videos[0])
+    scenes = [scene_for_seed(seed, spec) for seed in seeds]
+    positions = [simulate(scene, spec, frames)[0] for scene in scenes]      # once per scene, not per unit
     for i, video in enumerate(videos):
-        scene = scene_for_seed(seeds[i // per_scene], spec)
-        for n, present in enumerate(ball_presence(video, scene, spec)):
+        scene = scenes[i // per_scene]
+        for n, present in enumerate(ball_presence(video, scene, positions[i // per_scene], spec)):
             rows.append({"count": scene.count, "radius": float(scene.radii[n]),
                          "background": float(scene.background[0]), "erased": bool(present < 0.5)})
     return rows
