@@ -240,18 +240,25 @@ def test_overlapped_decode_issues_the_next_chunks_dit_before_the_decode():
 def test_a_request_lands_one_chunk_later_with_overlap(overlap, start_image):
     """A request after the first output lands at the next chunk either way; one after a later output lands at the
     next chunk serially and one chunk later overlapped (the next chunk had started), recorded when that chunk is
-    handed out -- the video of a schedule switching there."""
+    handed out -- the video of a schedule switching there. ``request`` returns that frame (``Streamer.lands_at``,
+    what ``vidforce serve`` names), 0 before the first output (the first prompt)."""
     cfg = config.load(None, OVERRIDES)
     first = torch.zeros(1, 1, cfg.model.in_dim, 8, 8) if start_image else None
     o = 0 if first is None else 1
     starts = [0] * o + list(range(o, 18 + o, 3))    # of the outputs: the start image, then the chunks
+    s = _streamer(cfg, overlap_decode=overlap)
+    frames = s.frames(18 + o, [(0, "a red circle")], first)
+    assert s.request("a blue square") == 0 and Streamer.lands_at(0, 3, o, overlap) == 0
+    blue = _streamer(cfg).frames(18 + o, [(0, "a blue square")], first)
+    assert all(np.array_equal(next(frames), next(blue)) for _ in range(2))
     for received, lands in ((starts[0], starts[1]), (starts[1], starts[1] + (6 if overlap else 3))):
         s, video, recorded = _streamer(cfg, overlap_decode=overlap), [], []
         for start, frames in zip(starts, s.frames(18 + o, [(0, "a red circle")], first)):
             video.append(frames)
             recorded.append(len(s.stats.switches))
             if start == received:
-                s.request("a blue square")
+                assert s.request("a blue square") == lands
+                assert Streamer.lands_at(starts[starts.index(start) + 1], 3, o, overlap) == lands
         assert [sw.frame for sw in s.stats.switches] == [lands]
         assert recorded.index(1) == starts.index(lands)
         scheduled = _streamer(cfg).frames(18 + o, [(0, "a red circle"), (lands, "a blue square")], first)

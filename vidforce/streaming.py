@@ -182,12 +182,14 @@ class Streamer:
         self.cache = None
         self.kept: dict[int, torch.Tensor] = {}      # frame -> clean latent [1, 1, C, h, w] of cached frames
         self.offset = 0                              # first frame of the chunk grid (1 after a start image)
+        self._next_out = 0                           # first frame of the next output frames() hands out
         self._requested: str | None = None
 
-    def request(self, prompt: str) -> None:
+    def request(self, prompt: str) -> int:
         """Switch to ``prompt`` at the next chunk boundary: the next chunk that :meth:`frames` starts (call it
-        between chunks, from the consumer of :meth:`frames`). A later request before that boundary replaces this
-        one; a request wins over a scheduled switch at the same boundary.
+        between chunks, from the consumer of :meth:`frames`); returns that chunk's first latent frame
+        (:meth:`lands_at`; 0 before the first output: the stream's first prompt). A later request before that
+        boundary replaces this one; a request wins over a scheduled switch at the same boundary.
 
         Serial streaming: the chunk right after the one just received. With ``overlap_decode`` a chunk is handed
         out after the next chunk has started (its DiT runs during the decode), so a request made then lands one
@@ -195,6 +197,17 @@ class Streamer:
         stream's first output (decoded at once) is nothing started yet: the request lands at the next chunk.
         Scheduled switches land where they would without overlap (the schedule is known before the chunk starts)."""
         self._requested = prompt
+        return self.lands_at(self._next_out, self.model.frames_per_chunk, self.offset, self.side is not None)
+
+    @staticmethod
+    def lands_at(next_out: int, chunk: int, offset: int = 0, overlap: bool = False) -> int:
+        """The first latent frame of the chunk where a :meth:`request` lands (why: see there) when made before the
+        consumer takes the output at ``next_out`` (the one after the last output received; 0 before the first: the
+        stream's first prompt): ``next_out``; with ``overlap`` (``overlap_decode``) ``next_out + chunk`` past the
+        stream's second output (at ``offset``, or ``chunk`` without a start image). ``chunk``: latent frames per
+        chunk; ``offset``: the first chunk's start (n after n start frames)."""
+        second = offset or chunk                     # where the stream's second output starts
+        return next_out + chunk if overlap and next_out > second else next_out
 
     def _prompt_at(self, start: int, switches: dict[int, str]) -> str | None:
         """The prompt that starts at chunk ``start``: the pending request, else the schedule's, else None."""
@@ -249,7 +262,7 @@ class Streamer:
         self.pending = None
         decoder = self.codec.stream_decoder()
         switches, text_kv = dict(schedule), None
-        self.offset = 0 if first is None else first.shape[1]
+        self.offset, self._next_out = (0 if first is None else first.shape[1]), 0
         t0 = time.perf_counter()
         issued = None                                # overlapped: the chunk whose decode waits for the next DiT
         if first is not None:
@@ -311,6 +324,7 @@ class Streamer:
             frames = to_uint8_frames(decoder.decode(c.x0)[0])
         else:
             frames = self.side.decode(decoder, c.x0, c.done)
+        self._next_out = c.start + c.x0.shape[1]
         if c.switch is not None:                     # after the decode: the re-cache's marks have passed
             prompt, recached, begin, end = c.switch
             self.stats.switches.append(Switch(c.start, prompt, recached, self.clock.seconds(begin, end)))

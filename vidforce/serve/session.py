@@ -10,7 +10,7 @@ Pacing: the worker takes a chunk from the streamer only while it holds a credit;
 starts and one each time the consumer begins to play a chunk (:meth:`LiveSession.taken`), so the chunks handed out
 run at most one chunk ahead of playback. With ``stream.overlap_decode`` the streamer hands a chunk out after the
 next chunk has started, so generation runs one chunk further ahead (the DiT of the chunk after the one waiting to
-play) and a requested prompt lands one chunk later (``Streamer.request``): the messages name that frame.
+play) and a requested prompt lands one chunk later (``Streamer.lands_at``): the messages name that frame.
 
 Each chunk goes to ``on_chunk`` (from the worker thread) with the prompt it was made under, taken from the
 streamer's own record of its switches (``stats.switches``), and, when a prompt asked for by a client starts with
@@ -33,6 +33,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from vidforce.streaming import Streamer
 from vidforce.video_io import Mp4Writer
 
 
@@ -144,11 +145,11 @@ class LiveSession:
             if self.state == "paused":
                 self.state = "running"
                 self._cond.notify_all()
-                switch = prompt is not None and prompt != self.prompt
-                if switch:
+                message = "resumed"
+                if prompt is not None and prompt != self.prompt:
                     self._request(prompt)
-                message = "resumed" + (f"; the prompt switches at latent frame {self._switch_frame()}"
-                                       if switch else "")
+                    frame = Streamer.lands_at(self._landing(), self.chunk, self.offset, self.overlap)
+                    message += f"; the prompt switches at latent frame {frame}"
             else:
                 if prompt is None:
                     raise ValueError("type a prompt first: no stream is running")
@@ -184,7 +185,8 @@ class LiveSession:
                 message = f"started with {prompt!r}"
             else:
                 self._request(prompt)
-                message = f"prompt queued: switches at latent frame {self._switch_frame()} (the next chunk boundary)"
+                frame = Streamer.lands_at(self._landing(), self.chunk, self.offset, self.overlap)
+                message = f"prompt queued: switches at latent frame {frame} (the next chunk boundary)"
         self._announce(f"{message}: {prompt!r}" if message.startswith("prompt") else message)
         return message
 
@@ -247,16 +249,9 @@ class LiveSession:
         return self.offset if (self.offset and start == 0) else start + self.chunk
 
     def _landing(self) -> int:
-        """First latent frame of the next chunk to hand out after the one in progress (where a pause stops)."""
+        """First latent frame of the next chunk to hand out after the one in progress: where a pause stops; a request
+        made now reaches the streamer before it is taken (where that lands: ``Streamer.lands_at``)."""
         return self._next_start if self._making is None else self._after(self._making)
-
-    def _switch_frame(self) -> int:
-        """The latent frame where a prompt requested now starts. The worker passes it to the streamer before taking
-        the next chunk, which starts it at the first chunk not yet started: serial, the next chunk handed out; with
-        overlap_decode the one after that, which is started before it is handed out, but for the stream's first
-        two outputs (the first is decoded at once, so nothing is started ahead of it: ``Streamer.request``)."""
-        handed = self._landing()
-        return handed if not self.overlap or handed <= self._after(0) else self._after(handed)
 
     # ---------------------------------------------------------------- the worker
 
