@@ -16,7 +16,7 @@ from vidforce import components, config
 from vidforce.models.build import build_generator
 from vidforce.rollout import rollout
 from vidforce.sampling import Sampler, refresh_cache
-from vidforce.streaming import Streamer, switch_frames
+from vidforce.streaming import StreamStats, Streamer, filling_outputs, switch_frames
 from vidforce.video_io import Mp4Writer, to_uint8_frames
 
 OVERRIDES = ["causal.window=6", "causal.sink=0", "data.latent_height=8", "data.latent_width=8", "train.device=cpu",
@@ -204,6 +204,16 @@ def test_the_rate_after_the_first_output_leaves_its_start_up_out(start_image):
     one = _streamer(cfg)
     list(one.frames(3, [(0, "a red circle")]))
     assert one.stats.chunks == 1 and math.isnan(one.stats.fps_after_first)
+
+
+def test_the_steady_rate_is_one_output_over_the_median_period_after_the_window_fills():
+    """``fps_steady(skip)``: the frames of a later output over the median of the periods after the first ``skip``
+    outputs (all of them when none is left); ``filling_outputs`` sets apart the outputs before the window is full."""
+    st = StreamStats(frames=9 + 4 * 12, chunks=5, first_frames=9, chunk_wall_s=[5.0, 4.0, 2.0, 1.0, 3.0])
+    assert st.fps_steady(2) == 12 / 2.0 and st.fps_steady(4) == 12 / 3.0 and st.fps_steady(9) == 12 / 3.0
+    assert math.isnan(StreamStats(frames=9, chunks=1, first_frames=9, chunk_wall_s=[1.0]).fps_steady(1))
+    assert filling_outputs(21, 3) == 8 and filling_outputs(12, 3) == 5
+    assert filling_outputs(None, 3) == filling_outputs(0, 3) == 1
 
 
 def test_overlapped_decode_issues_the_next_chunks_dit_before_the_decode():

@@ -51,7 +51,7 @@ from vidforce.models.codecs.taehv import TAEHV  # noqa: E402
 from vidforce.models.codecs.wan_vae import WanVAE  # noqa: E402
 from vidforce.models.graphs import GraphedChunks  # noqa: E402
 from vidforce.sampling import Sampler, denoise_chunk  # noqa: E402
-from vidforce.streaming import Streamer  # noqa: E402
+from vidforce.streaming import Streamer, filling_outputs  # noqa: E402
 
 CHUNK = 3                                  # latent frames per chunk (12 pixel frames)
 LEVERS = ("graphs", "fused", "buffers", "cl", "taehv", "fp8", "fp8t", "overlap")
@@ -194,14 +194,14 @@ def run_row(bench: Bench, name: str, window: int, sink: int, peak_tflops: float)
     if bench.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(bench.device)
     st = bench.stream(levers, window, sink, args.chunks)
-    steady = slice(window // CHUNK + 1, None)                   # chunks with a full window
+    steady = slice(filling_outputs(window, CHUNK), None)       # chunks with a full window
     chunk_s = statistics.median(st.chunk_wall_s[steady] or st.chunk_wall_s)
     lh, lw = bench.latent
     tpf = lh * lw // 4
     flops = dit_flops_per_chunk(bench.arch, CHUNK * tpf, window * tpf, len(bench.sampler.sigmas) + 1)
     floor_ms = 1e3 * flops / (peak_tflops * 1e12)
     row = {"window": window, "sink": sink, "variant": name, "fps_end_to_end": st.fps,
-           "fps_steady": CHUNK * 4 / chunk_s, "chunk_ms": 1e3 * chunk_s, "first_frame_s": st.first_frame_s,
+           "fps_steady": st.fps_steady(steady.start), "chunk_ms": 1e3 * chunk_s, "first_frame_s": st.first_frame_s,
            "dit_ms": None, "decode_ms": None, "dit_floor_ms": floor_ms, "dit_vs_floor": None,
            "dit_achieved_tflops": None}
     if st.chunk_dit_s:                                         # serial: the DiT and the decode timed apart
@@ -249,7 +249,8 @@ def generate_config(args, levers: frozenset[str], window: int, sink: int, codec_
 
 
 GENERATE_RESULT = re.compile(r"latency to first frame ([\d.]+) s \| throughput ([\d.]+) frames/s \| "
-                             r"after the first chunk ([\d.]+|nan) frames/s \| peak memory ([\d.]+) GiB")
+                             r"after the first chunk ([\d.]+|nan) frames/s \| steady ([\d.]+|nan) frames/s \| "
+                             r"peak memory ([\d.]+) GiB")
 
 
 def generate_row(args, name: str, window: int, sink: int, device, tmp: Path, bench_rows: list[dict]) -> dict:
@@ -282,7 +283,8 @@ def generate_row(args, name: str, window: int, sink: int, device, tmp: Path, ben
     bench = next((r.get("fps_end_to_end") for r in bench_rows if r["variant"] == name and r["window"] == window), None)
     fps = float(found.group(2))
     return {**row, "first_frame_s": float(found.group(1)), "fps_end_to_end": fps,
-            "fps_after_first": float(found.group(3)), "peak_gib": float(found.group(4)),
+            "fps_after_first": float(found.group(3)), "fps_steady": float(found.group(4)),
+            "peak_gib": float(found.group(5)),
             "frames": int(written.group(1)) if written else None, "mp4_bytes": mp4.stat().st_size,
             "vs_bench": fps / bench if bench else None}
 
@@ -332,7 +334,7 @@ def main() -> None:
                                 "first_frame_s", "dit_ms", "decode_ms", "dit_floor_ms", "dit_vs_floor", "peak_gib",
                                 "fp8_rel_err", "error"]))
     if gen_rows:
-        print(markdown_table(gen_rows, ["window", "variant", "fps_end_to_end", "fps_after_first", "vs_bench",
+        print(markdown_table(gen_rows, ["window", "variant", "fps_end_to_end", "fps_after_first", "fps_steady", "vs_bench",
                                         "first_frame_s", "peak_gib", "frames", "mp4_bytes", "wall_s", "error"]))
 
 

@@ -33,7 +33,7 @@ from vidforce.models.codecs.base import Codec
 from vidforce.models.graphs import GraphedChunks
 from vidforce.models.text import TextEncoder
 from vidforce.sampling import Sampler
-from vidforce.streaming import Streamer, switch_frames
+from vidforce.streaming import Streamer, filling_outputs, switch_frames
 from vidforce.video_io import Mp4Writer, check_writable, ffmpeg_exe
 
 
@@ -168,6 +168,7 @@ def run(args) -> int:
     print(f"{'stopped early: ' if stopped else ''}wrote {written} frames to {out}")
     print(f"latency to first frame {s.first_frame_s:.3f} s | throughput {s.fps:.2f} frames/s | "
           f"after the first chunk {s.fps_after_first:.2f} frames/s | "
+          f"steady {s.fps_steady(filling_outputs(cfg.causal.window, chunk)):.2f} frames/s | "
           f"peak memory {s.peak_memory_bytes / 2**30:.2f} GiB | prompt switches {s.recaches}")
     return 130 if stopped else 0
 

@@ -26,6 +26,7 @@ chunks start at frame 1.
 """
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Iterator, NamedTuple
@@ -81,6 +82,21 @@ class StreamStats:
         stay in); nan with one output."""
         after = self.wall_s - self.first_frame_s
         return (self.frames - self.first_frames) / after if self.chunks > 1 and after > 0 else float("nan")
+
+    def fps_steady(self, skip: int) -> float:
+        """The frames of one later output over the median period (``chunk_wall_s``) of the outputs after the first
+        ``skip`` (all of them when none is left): the rate once compilation, graph captures and the window's
+        filling are past (``skip``: :func:`filling_outputs`); nan with one output."""
+        if self.chunks < 2:
+            return float("nan")
+        per_output = (self.frames - self.first_frames) / (self.chunks - 1)
+        return per_output / statistics.median(self.chunk_wall_s[skip:] or self.chunk_wall_s)
+
+
+def filling_outputs(window: int | None, chunk: int) -> int:
+    """How many outputs come before the first whose chunk attends a full window of ``window`` latent frames
+    (``causal.window``; None or 0: the cache never rolls, so only the first output is set apart)."""
+    return (window or 0) // chunk + 1
 
 
 def _sync(device: torch.device) -> None:
