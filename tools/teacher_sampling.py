@@ -12,7 +12,10 @@ construction), so the columns are the ones the teacher gate reads (``count_accur
 error. ``--start s0 < 1`` starts the ODE from each unit's true clip noised to ``s0``,
 ``(1 - s0) x + s0 eps`` with the unit's noise, on the steps of the grid below ``s0`` (SDEdit): the noise level at
 which the teacher's count goes wrong is where its start-1 failures are made. ``--erased`` adds, per start s0 < 1,
-which of the true balls the teacher erased, by radius, background level and count (:func:`erased_table`). Prints a
+which of the true balls the teacher erased, by radius, background level and count (:func:`erased_table`). Every row
+also gives the mean detected count per prompt (``count N``: a video's median per-frame count, averaged over the
+units of prompt N): classifier-free guidance ``x_u + g (x_c - x_u)`` extrapolates whatever the prompt moves, so a
+count pushed away from the unconditional mean (e.g. "1 ball" -> 0, "3 balls" -> 4 at g = 2) shows there. Prints a
 markdown table (mean ± standard error over scenes) and writes it to ``--out`` with the command that made it.
 """
 from __future__ import annotations
@@ -62,6 +65,17 @@ def ball_presence(video: np.ndarray, scene: BallScene, positions: np.ndarray, sp
             mean = frame[inside].astype(np.float64).mean(0)
             out[n] += np.linalg.norm(mean - scene.colours[n]) < np.linalg.norm(mean - bg)
     return out / len(video)
+
+
+def counts_by_prompt(videos: list[np.ndarray], counts: list[int], spec: BallWorldSpec) -> dict[int, tuple[float, float]]:
+    """``{prompt count N: (mean, standard error)}`` of the median per-frame detected count (the gate's detector, the
+    world's smallest disc) of the videos [T, H, W, 3] uint8 whose prompt states N balls (``counts``, one per video)."""
+    medians = np.array([np.median(ev.detected_counts(v, spec)) for v in videos])
+    out = {}
+    for n in sorted(set(counts)):
+        x = medians[np.array(counts) == n]
+        out[n] = (float(x.mean()), float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan"))
+    return out
 
 
 def erased_balls(videos: list[np.ndarray], seeds: tuple[int, ...], per_scene: int, spec: BallWorldSpec) -> list[dict]:
@@ -125,8 +139,9 @@ def sweep(run_dir: str, smoke: bool, device: str, guidance: list[float], steps: 
         videos = ev.generate_videos(sample, codec, prompts, start)
         summary = ev.summarize_model(videos, setup, len(setup.noise_seeds))
         mean, se = summary["horizons"]["1x"], summary["se"]["1x"]
+        counts = [scene_for_seed(int(seed), setup.spec).count for seed in setup.seeds for _ in setup.noise_seeds]
         rows.append({"guidance": g, "steps": n, "shift": shift, "start": s0, **{k: (mean[k], se[k]) for k in METRICS},
-                     "seconds": time.perf_counter() - t0})
+                     "counts": counts_by_prompt(videos, counts, setup.spec), "seconds": time.perf_counter() - t0})
         if erased and s0 < 1:
             balls = erased_balls(videos, setup.seeds, len(setup.noise_seeds), setup.spec)
             rows[-1]["erased"] = erased_table(balls, setup.spec, s0)
@@ -137,10 +152,13 @@ def sweep(run_dir: str, smoke: bool, device: str, guidance: list[float], steps: 
 
 def table(rows: list[dict]) -> str:
     """Markdown table of :func:`sweep`'s rows."""
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    prompts = sorted({n for r in rows for n in r["counts"]})
+    header = [*COLUMNS, *(f"count {n}" for n in prompts)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         cells = [f"{r['guidance']:g}", str(r["steps"]), f"{r['shift']:g}", f"{r['start']:g}"]
         cells += [value_cell(*r[k]) for k in METRICS]
+        cells += [value_cell(*r["counts"][n]) if n in r["counts"] else "-" for n in prompts]
         lines.append("| " + " | ".join(cells) + " |")
     extra = [f"\nguidance {r['guidance']:g}, steps {r['steps']}, shift {r['shift']:g}. {r['erased']}" for r in rows
              if "erased" in r]

@@ -226,3 +226,20 @@ def test_teacher_sampling_finds_the_erased_ball_and_no_other():
     assert "| all | 6 | 0.167 |" in table and "| count 3 | 6 | 0.167 |" in table and "| count 1 | 0 | - |" in table
     radius_rows = [line for line in table.splitlines() if line.startswith("| radius")]
     assert sum(int(line.split("|")[2]) for line in radius_rows) == 6
+
+
+def test_teacher_sampling_counts_by_prompt_read_each_videos_median_count():
+    """True renders of 1-, 2- and 3-ball scenes score their own counts; a video whose ball is painted over in all
+    but 4 of 12 frames has median count 0, and it moves only its prompt's mean (with the standard error of two)."""
+    from vidforce.data.balls import BallWorldSpec, render_numpy, scene_for_seed, simulate  # noqa: PLC0415
+    tool = teacher_sampling_tool()
+    spec, frames = BallWorldSpec(), 12
+    seeds = [next(s for s in range(100) if scene_for_seed(s, spec).count == n) for n in (1, 1, 2, 3)]
+    scenes = [scene_for_seed(s, spec) for s in seeds]
+    videos = [render_numpy(sc, spec, simulate(sc, spec, frames)[0]) for sc in scenes]
+    counts = [sc.count for sc in scenes]
+    clean = tool.counts_by_prompt(videos, counts, spec)
+    assert clean[1] == (1.0, 0.0) and [clean[n][0] for n in (2, 3)] == [2.0, 3.0] and np.isnan(clean[3][1])
+    videos[1][4:] = scenes[1].background                        # the second "1 ball" video: empty after frame 3
+    out = tool.counts_by_prompt(videos, counts, spec)
+    assert out[1] == (0.5, 0.5) and out[2][0] == 2.0 and out[3][0] == 3.0

@@ -223,11 +223,15 @@ def nanmean(x: np.ndarray, axis=None):
         return np.nanmean(x, axis=axis)
 
 
+def detected_counts(video: np.ndarray, spec: BallWorldSpec) -> np.ndarray:
+    """Objects per frame [T] of ``video`` [T, H, W, 3] uint8 (``ball_metrics.detect``, the world's smallest disc)."""
+    return detect(video, MIN_AREA_FRACTION * np.pi * spec.radius_range[0] ** 2).count
+
+
 def count_accuracy(video: np.ndarray, count: int, spec: BallWorldSpec) -> float:
-    """Fraction of the frames of ``video`` [T, H, W, 3] uint8 whose detected count (``ball_metrics.detect``,
-    the world's smallest disc) equals the prompt's ``count``."""
-    det = detect(video, MIN_AREA_FRACTION * np.pi * spec.radius_range[0] ** 2)
-    return float((det.count == count).mean())
+    """Fraction of the frames of ``video`` [T, H, W, 3] uint8 whose detected count (:func:`detected_counts`)
+    equals the prompt's ``count``."""
+    return float((detected_counts(video, spec) == count).mean())
 
 
 def video_metrics(video: np.ndarray, count: int, setup: EvalSetup) -> dict[str, np.ndarray]:
