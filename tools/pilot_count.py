@@ -3,7 +3,7 @@
     python tools/pilot_count.py --measure                       # step time per clip length -> --frames, --steps
     python tools/pilot_count.py --frames 1 --steps 3486 [--out runs/pilot_count/table.md]
 
-Background. The mini teacher (configs/mini/teacher_base.yaml, preset mini_v2) undercounts: for "1 ball" most of
+Background. The mini teacher (configs/mini/teacher.yaml, preset mini_v2) undercounts: for "1 ball" most of
 its samples are an empty background. In the ball world every ball has intensity (R+G+B)/3 = 128, inside the
 background's grey range (60-150), so a ball differs from the background mostly in chroma, and random hues
 average to grey: the posterior mean at high noise carries almost no trace of a ball. Hypothesis: with balls
@@ -22,7 +22,7 @@ Design (fixed before any run; this is a small pilot, not the recipe's teacher an
   process oversubscribe the cores and run ~3x slower than 1.
 - Model: the repo's DiT (``models.build.build_generator``, run bidirectionally as the teacher stage trains
   it) at a small size (default dim 128, 4 layers, 4 heads, ffn 384; patch, text and codec settings of mini_v2 /
-  configs/mini/base.yaml), fp32. Training: ``configs/mini/teacher_base.yaml``'s objective through the repo's own
+  configs/mini/base.yaml), fp32. Training: ``configs/mini/teacher.yaml``'s objective through the repo's own
   ``objectives.FlowMatching`` (sigma ~ U[0, 1], CFG dropout 0.1, plain MSE on the flow), AdamW (``train.engines
   .adamw``: lr 5e-4, betas (0.9, 0.99), its weight decay 0.01), grad clip 1, warm-up 100 then cosine to
   ``min_lr_ratio`` 0.05 (``train.lr.lr_factor``), batch 32, the same ``--steps`` and seed in both arms: the same
@@ -111,8 +111,8 @@ def arm_worlds() -> dict[str, BallWorldSpec]:
 
 
 def pilot_config(args: argparse.Namespace, frames: int, steps: int):
-    """The teacher_base stage's config at the pilot's size: small DiT, fp32, eager, T frames, warm-up 100."""
-    return config.load(CONFIGS / "teacher_base.yaml", [
+    """The teacher stage's config at the pilot's size: small DiT, fp32, eager, T frames, warm-up 100."""
+    return config.load(CONFIGS / "teacher.yaml", [
         f"model.dim={args.dim}", f"model.num_layers={args.layers}", f"model.num_heads={args.heads}",
         f"model.ffn_dim={args.ffn}", f"rollout.num_frames={frames}", f"causal.frames_per_chunk={frames}",
         "train.precision=fp32", "train.compile=false",

@@ -40,13 +40,10 @@ def test_every_stage_config_loads(smoke, tmp_path):
         assert cfg.causal.sink == 0 and cfg.optim.ema_warmup          # the primary setting: no sink
         assert cfg.data.world == str(tmp_path / "world" / "world_spec.json")
     model = lambda stage: mini.stage_config(run, stage).model.checkpoint  # noqa: E731
-    assert model("teacher_shift") == str(tmp_path / "teacher_base" / "model")    # the teacher's second phase
-    assert model("teacher_shift2") == str(tmp_path / "teacher_shift" / "model")  # its third
-    assert model("teacher") == str(tmp_path / "teacher_shift2" / "model")        # and its fourth
-    assert mini.stage_config(run, "teacher_base").schedule.shift == 1.0 and model("teacher_base") == ""
-    assert {mini.stage_config(run, s).schedule.shift for s in ("teacher_shift", "teacher_shift2", "teacher")} == {3.0}
+    assert mini.BIDIRECTIONAL == ("teacher",) and model("teacher") == ""              # one phase, from scratch
+    assert mini.stage_config(run, "teacher").schedule.shift == 1.0                    # sigma ~ U[0, 1] in training
     if not smoke:
-        assert [mini.stage_config(run, s).train.steps for s in mini.BIDIRECTIONAL] == [3000, 3000, 2000, 3000]
+        assert mini.stage_config(run, "teacher").train.steps == 3000
     assert model("ode_init") == str(tmp_path / "teacher" / "model")
     assert model("tf_dmd") == str(tmp_path / "teacher_forcing" / "model")
     assert model("df_dmd") == str(tmp_path / "diffusion_forcing" / "model")
@@ -81,7 +78,8 @@ def test_set_overrides_one_stage_and_bad_ones_name_the_item(tmp_path):
     run = mini.load_mini(False, "cpu", tmp_path, ["teacher:schedule.shift=8", "teacher:train.steps=5"])
     assert run.sets == {"teacher": ("schedule.shift=8", "train.steps=5")}
     assert (mini.stage_config(run, "teacher").schedule.shift, mini.stage_config(run, "teacher").train.steps) == (8.0, 5)
-    assert mini.stage_config(run, "teacher_shift").schedule.shift == 3.0          # the other stages keep theirs
+    other = mini.stage_config(run, "teacher_forcing")                            # the other stages keep theirs
+    assert (other.schedule.shift, other.train.steps) == (1.0, 1000)
     with pytest.raises(ValueError, match=r"^--set 'teacher=8': expected STAGE:KEY=VALUE"):
         mini.parse_sets(["teacher=8"])
     with pytest.raises(ValueError, match=r"^--set 'world:a=1': 'world' is not a training stage; choose from"):
@@ -92,18 +90,18 @@ def test_set_is_recorded_and_a_stage_made_with_other_settings_is_not_reused(tmp_
     import vidforce.train.checkpoint as checkpoint
     import vidforce.train.trainer as trainer
     monkeypatch.setattr(trainer, "train", lambda cfg: {"interrupted": 3, "checkpoint": "ckpt-3", "metrics": {}})
-    arm = ["teacher_base:schedule.shift=8"]
-    assert mini.main_mini(True, "cpu", str(tmp_path), "world,teacher_base", sets=arm) == 130
+    arm = ["teacher:schedule.shift=8"]
+    assert mini.main_mini(True, "cpu", str(tmp_path), "world,teacher", sets=arm) == 130
     with pytest.raises(ValueError, match=r"was made with --set \['schedule.shift=8'\], this command sets none"):
-        mini.main_mini(True, "cpu", str(tmp_path), "world,teacher_base")       # no resume under other settings
+        mini.main_mini(True, "cpu", str(tmp_path), "world,teacher")            # no resume under other settings
     monkeypatch.setattr(trainer, "train", lambda cfg: {"interrupted": None, "metrics": {"fm_loss": 0.5}})
     monkeypatch.setattr(checkpoint, "export_generator", lambda run_dir, path, **kw: path.parent.mkdir(parents=True))
-    assert mini.main_mini(True, "cpu", str(tmp_path), "world,teacher_base", sets=arm) == 0
-    assert json.loads((tmp_path / "teacher_base" / "done.json").read_text())["set"] == ["schedule.shift=8"]
+    assert mini.main_mini(True, "cpu", str(tmp_path), "world,teacher", sets=arm) == 0
+    assert json.loads((tmp_path / "teacher" / "done.json").read_text())["set"] == ["schedule.shift=8"]
     with pytest.raises(ValueError, match=r"this command sets \['schedule.shift=9'\]: use another --out"):
-        mini.main_mini(True, "cpu", str(tmp_path), "world,teacher_base", sets=["teacher_base:schedule.shift=9"])
-    assert mini.main_mini(True, "cpu", str(tmp_path), "world,teacher_base", sets=arm) == 0
-    assert "teacher_base: done already" in capsys.readouterr().out
+        mini.main_mini(True, "cpu", str(tmp_path), "world,teacher", sets=["teacher:schedule.shift=9"])
+    assert mini.main_mini(True, "cpu", str(tmp_path), "world,teacher", sets=arm) == 0
+    assert "teacher: done already" in capsys.readouterr().out
 
 
 def test_stage_without_its_inputs_names_them(tmp_path):
@@ -125,20 +123,20 @@ def test_models_option_names_unknown_models_missing_stages_and_other_stages(tmp_
 def test_interrupted_training_stage_is_not_marked_done(tmp_path, monkeypatch, capsys):
     import vidforce.train.trainer as trainer
     monkeypatch.setattr(trainer, "train", lambda cfg: {"interrupted": 7, "checkpoint": "ckpt-7", "metrics": {}})
-    assert mini.main_mini(True, "cpu", str(tmp_path), "world,teacher_base") == 130
+    assert mini.main_mini(True, "cpu", str(tmp_path), "world,teacher") == 130
     assert mini.load_mini(True, "cpu", tmp_path).done("world")
-    assert not (tmp_path / "teacher_base" / "done.json").exists()
-    assert not (tmp_path / "teacher_base" / "model").exists()
+    assert not (tmp_path / "teacher" / "done.json").exists()
+    assert not (tmp_path / "teacher" / "model").exists()
     assert "stopped at step 7" in capsys.readouterr().err
-    assert len(json.loads((tmp_path / "teacher_base" / "interrupted.json").read_text())["command_seconds"]) == 1
+    assert len(json.loads((tmp_path / "teacher" / "interrupted.json").read_text())["command_seconds"]) == 1
     # the next command resumes and finishes it: done.json sums both commands' seconds
     monkeypatch.setattr(trainer, "train", lambda cfg: {"interrupted": None, "metrics": {"fm_loss": 0.5}})
     import vidforce.train.checkpoint as checkpoint
     monkeypatch.setattr(checkpoint, "export_generator", lambda run_dir, path, **kw: path.parent.mkdir(parents=True))
-    assert mini.main_mini(True, "cpu", str(tmp_path), "world,teacher_base") == 0
-    done = json.loads((tmp_path / "teacher_base" / "done.json").read_text())
+    assert mini.main_mini(True, "cpu", str(tmp_path), "world,teacher") == 0
+    done = json.loads((tmp_path / "teacher" / "done.json").read_text())
     assert len(done["command_seconds"]) == 2 and done["seconds"] == round(sum(done["command_seconds"]), 1)
-    assert done["metrics"] == {"fm_loss": 0.5} and not (tmp_path / "teacher_base" / "interrupted.json").exists()
+    assert done["metrics"] == {"fm_loss": 0.5} and not (tmp_path / "teacher" / "interrupted.json").exists()
 
 
 @pytest.mark.slow

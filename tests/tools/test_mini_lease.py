@@ -22,7 +22,7 @@ def lease(root: Path, out: Path, *args: str) -> subprocess.CompletedProcess:
 def test_lease_fetches_exports_and_a_carried_stage_is_not_rerun(tmp_path):
     first, out = tmp_path / "first", tmp_path / "out1"
     first.mkdir()
-    done = lease(first, out, "--fetch", "teacher", "world,teacher_base,teacher_shift,teacher_shift2,teacher")
+    done = lease(first, out, "--fetch", "teacher", "world,teacher")
     assert done.returncode == 0, done.stdout + done.stderr
     shards = sorted(p.name for p in out.glob("teacher-*.safetensors"))
     assert shards and all((out / s).stat().st_size <= 16 * 2 ** 20 for s in shards)
@@ -47,10 +47,10 @@ def test_lease_rejects_an_unknown_option(tmp_path):
 @pytest.mark.slow
 def test_an_arm_runs_in_its_own_directory_and_comes_back_prefixed(tmp_path):
     out = tmp_path / "out"
-    arm = lease(tmp_path, out, "--run", "runs/mini-c", "--set", "teacher_base:train.steps=2", "--fetch", "teacher_base",
-                "--tag", "t", "world,teacher_base")
+    arm = lease(tmp_path, out, "--run", "runs/mini-c", "--set", "teacher:train.steps=2", "--fetch", "teacher",
+                "--tag", "t", "world,teacher")
     assert arm.returncode == 0, arm.stdout + arm.stderr
     assert (out / "mini-c-small-t.tar").is_file() and not list(out.glob("small*.tar"))
-    assert list(out.glob("mini-c-teacher_base-*.safetensors")) and not (tmp_path / "runs" / "mini").exists()
-    done = (tmp_path / "runs" / "mini-c" / "teacher_base" / "done.json").read_text()
+    assert list(out.glob("mini-c-teacher-*.safetensors")) and not (tmp_path / "runs" / "mini").exists()
+    done = (tmp_path / "runs" / "mini-c" / "teacher" / "done.json").read_text()
     assert '"set": [\n  "train.steps=2"\n ]' in done and '"steps": 2' in done

@@ -5,22 +5,18 @@ interrupted training stage resumes from its run's latest checkpoint):
 
 1. ``world``             ``world_spec.json`` (``data.balls``) and ``prompts.txt`` (the counts: "1 ball" ...);
                          every data-trained stage renders fresh scenes of it on its device (``data.world``)
-2. ``teacher_base``      bidirectional teacher, phase 1: flow matching with CFG dropout, sigma ~ U[0, 1]
-3. ``teacher_shift``     phase 2 from the teacher_base export: the same at the sampling shift 3 (the count is
-                         decided at high noise)
-   ``teacher_shift2``    phase 3 from the teacher_shift export: 2000 more steps of the same
-   ``teacher``           phase 4 from the teacher_shift2 export: 3000 more steps; every phase is evaluated
-                         at 1x K (gate 1 reads ``teacher``)
-4. ``ode_pairs``         teacher Euler ODE with CFG, recorded at the few-step sigmas     -> ``pairs.safetensors``
-5. ``ode_init``          causal ODE-regression init from the teacher weights
-6. ``teacher_forcing``   data baseline from the teacher weights (clean context)
-7. ``diffusion_forcing`` data baseline from the teacher weights (noisy context)
-8. ``tf_dmd``            DMD from the teacher-forcing export: the equal-NFE baseline of Self Forcing
-9. ``df_dmd``            DMD from the diffusion-forcing export: the other equal-NFE baseline
-10. ``self_forcing``     DMD on K-frame self-rollouts from the ODE-init export
-11. ``self_forcing_pp``  extended DMD on long rollouts from the *same* ODE-init export, as many generator updates
-12. ``teacher_forcing_seed1``, ``self_forcing_seed1``, ``self_forcing_pp_seed1``: the same with training seed 1
-13. ``evaluate``         1x / 4x / 10x / 20x K rollouts, first-window drift metrics, injection half-lives,
+2. ``teacher``           bidirectional teacher from scratch: flow matching with CFG dropout, sigma ~ U[0, 1];
+                         evaluated at 1x K (gate 1)
+3. ``ode_pairs``         teacher Euler ODE with CFG, recorded at the few-step sigmas     -> ``pairs.safetensors``
+4. ``ode_init``          causal ODE-regression init from the teacher weights
+5. ``teacher_forcing``   data baseline from the teacher weights (clean context)
+6. ``diffusion_forcing`` data baseline from the teacher weights (noisy context)
+7. ``tf_dmd``            DMD from the teacher-forcing export: the equal-NFE baseline of Self Forcing
+8. ``df_dmd``            DMD from the diffusion-forcing export: the other equal-NFE baseline
+9. ``self_forcing``      DMD on K-frame self-rollouts from the ODE-init export
+10. ``self_forcing_pp``  extended DMD on long rollouts from the *same* ODE-init export, as many generator updates
+11. ``teacher_forcing_seed1``, ``self_forcing_seed1``, ``self_forcing_pp_seed1``: the same with training seed 1
+12. ``evaluate``         1x / 4x / 10x / 20x K rollouts, first-window drift metrics, injection half-lives,
                          the pre-registered decisions                                   -> ``OUT/results/``
 
 Every trained stage exports its EMA generator (``optim.ema_warmup``) as bf16 safetensors shards of at most
@@ -50,10 +46,7 @@ CONFIG_DIR = REPO / "configs" / "mini"
 SHARD_BYTES = 16 * 2 ** 20      # the device's return limit per file
 _FROM_ODE = (("model.checkpoint", "ode_init"), ("teacher.checkpoint", "teacher"))
 TRAINED = {  # stage -> (config field, stage whose artifact it loads)
-    "teacher_base": (),
-    "teacher_shift": (("model.checkpoint", "teacher_base"),),
-    "teacher_shift2": (("model.checkpoint", "teacher_shift"),),
-    "teacher": (("model.checkpoint", "teacher_shift2"),),
+    "teacher": (),
     "ode_init": (("model.checkpoint", "teacher"), ("objective.ode_init.pairs", "ode_pairs")),
     "teacher_forcing": (("model.checkpoint", "teacher"),),
     "diffusion_forcing": (("model.checkpoint", "teacher"),),
@@ -65,7 +58,7 @@ TRAINED = {  # stage -> (config field, stage whose artifact it loads)
     "self_forcing_seed1": _FROM_ODE,
     "self_forcing_pp_seed1": _FROM_ODE,
 }
-BIDIRECTIONAL = ("teacher_base", "teacher_shift", "teacher_shift2", "teacher")   # the teacher's phases: 1x K, the teacher sampler
+BIDIRECTIONAL = ("teacher",)   # 1x K, the teacher sampler
 STAGES = ("world", *BIDIRECTIONAL, "ode_pairs", *[s for s in TRAINED if s not in BIDIRECTIONAL], "evaluate")
 EULER_BASELINES = ("teacher_forcing", "diffusion_forcing", "teacher_forcing_seed1")   # not distilled
 GUIDED_BASELINES = ("teacher_forcing", "diffusion_forcing")   # also evaluated guided at the students' step count
