@@ -11,11 +11,11 @@ clearly brighter than the background the model generates the right count far mor
 
 Design (fixed before any run; this is a small pilot, not the recipe's teacher and not a gate):
 
-- Two arms, identical except the world. A: ``configs/mini/recipe.yaml``'s ``world`` as is. B: the same with
-  ``background_range [20, 80]``, ``colour_intensity 150``, ``colour_chroma 100`` (balls 70-130 intensity levels
-  above the background). The world's random draws come in the same order in both, so a training step (and an
-  evaluation seed) has the same counts, radii, hues, positions and velocities in both arms; only the grey level
-  and the colours' intensity and chroma differ.
+- Two arms, identical except the world. A: ``configs/mini/recipe.yaml``'s ``world`` as it was when the pilot
+  ran (``ARM_A``). B: the same with ``background_range [20, 80]``, ``colour_intensity 150``, ``colour_chroma 100``
+  (balls 70-130 intensity levels above the background). The world's random draws come in the same order in both, so a
+  training step (and an evaluation seed) has the same counts, radii, hues, positions and velocities in both arms; only
+  the grey level and the colours' intensity and chroma differ.
 - Clips of ``--frames`` T frames: T = 3 (one chunk) if one training step at batch 32 takes <= 0.35 s on this
   CPU, else T = 1 (``--measure`` times both and applies the rule; ``--steps`` fills ``--minutes`` per arm). One
   torch thread by default (``--threads``): on a 2-core machine shared with another CPU job, 2 threads per
@@ -87,6 +87,7 @@ except ImportError:  # progress bars are optional
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs" / "mini"
 TOOL = "tools/pilot_count.py"
+ARM_A = {"background_range": (60, 150), "colour_intensity": 128.0, "colour_chroma": 115.0}   # the world it ran on
 ARM_B = {"background_range": (20, 80), "colour_intensity": 150.0, "colour_chroma": 100.0}
 STEP_LIMIT_T3 = 0.35            # s per training step at batch 32: T = 3 at or below it, else T = 1
 FINAL_LOSS_STEPS = 100          # the final loss: mean of the last this many steps
@@ -105,9 +106,10 @@ def recipe_world() -> BallWorldSpec:
 
 
 def arm_worlds() -> dict[str, BallWorldSpec]:
-    """``{"A": recipe world, "B": the same with the luminance contrast}`` (BallWorldSpec validates B)."""
-    a = recipe_world()
-    return {"A": a, "B": replace(a, **ARM_B)}
+    """``{"A": the recipe's world with the looks it had when the pilot ran (``ARM_A``; recipe.yaml took arm B's
+    after it), "B": the same with the luminance contrast}`` (BallWorldSpec validates both)."""
+    world = recipe_world()
+    return {"A": replace(world, **ARM_A), "B": replace(world, **ARM_B)}
 
 
 def pilot_config(args: argparse.Namespace, frames: int, steps: int):

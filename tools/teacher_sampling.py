@@ -67,7 +67,8 @@ def ball_presence(video: np.ndarray, scene: BallScene, positions: np.ndarray, sp
     return out / len(video)
 
 
-def counts_by_prompt(videos: list[np.ndarray], counts: list[int], spec: BallWorldSpec) -> dict[int, tuple[float, float]]:
+def counts_by_prompt(videos: list[np.ndarray], counts: list[int],
+                     spec: BallWorldSpec) -> dict[int, tuple[float, float]]:
     """``{prompt count N: (mean, standard error)}`` of the median per-frame detected count (the gate's detector, the
     world's smallest disc) of the videos [T, H, W, 3] uint8 whose prompt states N balls (``counts``, one per video)."""
     medians = np.array([np.median(ev.detected_counts(v, spec)) for v in videos])

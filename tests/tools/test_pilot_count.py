@@ -20,6 +20,7 @@ def test_arm_b_is_a_valid_world_differing_only_in_looks():
     worlds = load_tool().arm_worlds()
     a, b = worlds["A"], worlds["B"]
     assert (b.background_range, b.colour_intensity, b.colour_chroma) == ((20, 80), 150.0, 100.0)
+    assert (a.background_range, a.colour_intensity, a.colour_chroma) == ((60, 150), 128.0, 115.0)
     assert (a.radius_range, a.speed_range, a.max_balls) == (b.radius_range, b.speed_range, b.max_balls)
 
 
