@@ -32,7 +32,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tools.bench_common import write_markdown  # noqa: E402
 from vidforce import components  # noqa: E402
-from vidforce.data.balls import BallScene, BallWorldSpec, sample_batch, scene_for_seed, simulate  # noqa: E402
+from vidforce.data.balls import (BallScene, BallWorldSpec, disc_mask, sample_batch, scene_for_seed,  # noqa: E402
+                                 simulate)
 from vidforce.recipes import evaluate as ev  # noqa: E402
 from vidforce.recipes.report import value_cell  # noqa: E402
 from vidforce.recipes.mini import eval_setup, load_mini, stage_config  # noqa: E402
@@ -55,14 +56,12 @@ def ball_presence(video: np.ndarray, scene: BallScene, positions: np.ndarray, sp
     """Per true ball of ``scene`` [N]: the fraction of the frames of ``video [T, H, W, 3]`` uint8 in which it is
     drawn, i.e. the mean colour inside its true disc at ``positions [T, N, 2]`` (shrunk by 1 px, at least 1.5 px)
     is nearer the ball's colour than the background's."""
-    ys, xs = np.mgrid[0:spec.height, 0:spec.width] + 0.5
     bg = scene.background.astype(np.float64)
     out = np.zeros(scene.count)
     for n in range(scene.count):
         r = max(scene.radii[n] - 1.0, 1.5)
         for t, frame in enumerate(video):
-            inside = (xs - positions[t, n, 0]) ** 2 + (ys - positions[t, n, 1]) ** 2 < r * r
-            mean = frame[inside].astype(np.float64).mean(0)
+            mean = frame[disc_mask(positions[t, n], r, spec.height, spec.width)].astype(np.float64).mean(0)
             out[n] += np.linalg.norm(mean - scene.colours[n]) < np.linalg.norm(mean - bg)
     return out / len(video)
 

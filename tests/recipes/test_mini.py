@@ -203,7 +203,7 @@ def test_teacher_sampling_without_a_teacher_names_the_file(tmp_path, capsys):
 def test_teacher_sampling_finds_the_erased_ball_and_no_other():
     """True renders keep every ball; painting one ball's disc over with the background in every frame erases that
     ball only, and the table counts it in its radius, background and count rows."""
-    from vidforce.data.balls import BallWorldSpec, render_numpy, scene_for_seed, simulate  # noqa: PLC0415
+    from vidforce.data.balls import BallWorldSpec, disc_mask, render_numpy, scene_for_seed, simulate  # noqa: PLC0415
     tool = teacher_sampling_tool()
     spec, frames = BallWorldSpec(), 12
     seeds = tuple(s for s in range(40) if scene_for_seed(s, spec).count == 3)[:2]
@@ -213,10 +213,7 @@ def test_teacher_sampling_finds_the_erased_ball_and_no_other():
         videos.append(render_numpy(scene, spec, simulate(scene, spec, frames)[0]))
     assert not any(r["erased"] for r in tool.erased_balls(videos, seeds, 1, spec))
     scene, positions = scene_for_seed(seeds[1], spec), simulate(scene_for_seed(seeds[1], spec), spec, frames)[0]
-    ys, xs = np.mgrid[0:spec.height, 0:spec.width] + 0.5
-    for t in range(frames):
-        videos[1][t][(xs - positions[t, 2, 0]) ** 2 + (ys - positions[t, 2, 1]) ** 2 < scene.radii[2] ** 2] = \
-            scene.background
+    videos[1][disc_mask(positions[:, 2], scene.radii[2], spec.height, spec.width)] = scene.background
     rows = tool.erased_balls(videos, seeds, 1, spec)
     assert [r["erased"] for r in rows] == [False] * 5 + [True]
     assert rows[5]["radius"] == scene.radii[2] and rows[5]["count"] == 3

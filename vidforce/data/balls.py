@@ -274,16 +274,20 @@ def simulate(scene: BallScene, spec: BallWorldSpec, num_frames: int) -> tuple[np
     return pos[0], vel[0]
 
 
+def disc_mask(centres: np.ndarray, radius: float, height: int, width: int) -> np.ndarray:
+    """Pixels [..., H, W] bool whose centre lies strictly inside the disc of ``radius`` around each of ``centres``
+    [..., 2] (x, y): ``(x_j - x)^2 + (y_i - y)^2 < r^2`` in float64 (the module's coverage rule)."""
+    dx = np.arange(width, dtype=np.float64) + 0.5 - centres[..., 0, None]    # [..., W]
+    dy = np.arange(height, dtype=np.float64) + 0.5 - centres[..., 1, None]   # [..., H]
+    return (dx * dx)[..., None, :] + (dy * dy)[..., :, None] < radius * radius
+
+
 def render_numpy(scene: BallScene, spec: BallWorldSpec, positions: np.ndarray) -> np.ndarray:
     """Ground-truth frames of a trajectory positions [T, N, 2] -> uint8 [T, H, W, 3] (hard-edged discs)."""
-    xs = np.arange(spec.width, dtype=np.float64) + 0.5
-    ys = np.arange(spec.height, dtype=np.float64) + 0.5
     video = np.empty((len(positions), spec.height, spec.width, 3), dtype=np.uint8)
     video[:] = scene.background
     for n in range(scene.count):
-        dx = xs[None, None, :] - positions[:, n, 0, None, None]
-        dy = ys[None, :, None] - positions[:, n, 1, None, None]
-        video[dx * dx + dy * dy < scene.radii[n] * scene.radii[n]] = scene.colours[n]
+        video[disc_mask(positions[:, n], scene.radii[n], spec.height, spec.width)] = scene.colours[n]
     return video
 
 
