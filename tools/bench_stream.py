@@ -195,7 +195,7 @@ def run_row(bench: Bench, name: str, window: int, sink: int, peak_tflops: float)
         torch.cuda.reset_peak_memory_stats(bench.device)
     st = bench.stream(levers, window, sink, args.chunks)
     steady = slice(filling_outputs(window, CHUNK), None)       # chunks with a full window
-    chunk_s = statistics.median(st.chunk_wall_s[steady] or st.chunk_wall_s)
+    chunk_s = st.steady_period(steady.start)
     lh, lw = bench.latent
     tpf = lh * lw // 4
     flops = dit_flops_per_chunk(bench.arch, CHUNK * tpf, window * tpf, len(bench.sampler.sigmas) + 1)
@@ -334,8 +334,9 @@ def main() -> None:
                                 "first_frame_s", "dit_ms", "decode_ms", "dit_floor_ms", "dit_vs_floor", "peak_gib",
                                 "fp8_rel_err", "error"]))
     if gen_rows:
-        print(markdown_table(gen_rows, ["window", "variant", "fps_end_to_end", "fps_after_first", "fps_steady", "vs_bench",
-                                        "first_frame_s", "peak_gib", "frames", "mp4_bytes", "wall_s", "error"]))
+        print(markdown_table(gen_rows, ["window", "variant", "fps_end_to_end", "fps_after_first", "fps_steady",
+                                        "vs_bench", "first_frame_s", "peak_gib", "frames", "mp4_bytes", "wall_s",
+                                        "error"]))
 
 
 if __name__ == "__main__":

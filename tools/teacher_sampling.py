@@ -129,6 +129,7 @@ def sweep(run_dir: str, smoke: bool, device: str, guidance: list[float], steps: 
     if any(s0 < 1 for s0 in starts):
         clips = sample_batch(setup.spec, setup.horizon, seeds=setup.seeds, device=dev)[0]  # the truth renders
         truth = codec.encode(clips).float().repeat_interleave(len(setup.noise_seeds), dim=0)
+    counts = [scene_for_seed(int(seed), setup.spec).count for seed in setup.seeds for _ in setup.noise_seeds]
     rows = []
     for g, n, shift, s0 in itertools.product(guidance, steps, shifts, starts):
         t0 = time.perf_counter()
@@ -139,7 +140,6 @@ def sweep(run_dir: str, smoke: bool, device: str, guidance: list[float], steps: 
         videos = ev.generate_videos(sample, codec, prompts, start)
         summary = ev.summarize_model(videos, setup, len(setup.noise_seeds))
         mean, se = summary["horizons"]["1x"], summary["se"]["1x"]
-        counts = [scene_for_seed(int(seed), setup.spec).count for seed in setup.seeds for _ in setup.noise_seeds]
         rows.append({"guidance": g, "steps": n, "shift": shift, "start": s0, **{k: (mean[k], se[k]) for k in METRICS},
                      "counts": counts_by_prompt(videos, counts, setup.spec), "seconds": time.perf_counter() - t0})
         if erased and s0 < 1:

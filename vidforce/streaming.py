@@ -83,14 +83,17 @@ class StreamStats:
         after = self.wall_s - self.first_frame_s
         return (self.frames - self.first_frames) / after if self.chunks > 1 and after > 0 else float("nan")
 
+    def steady_period(self, skip: int) -> float:
+        """The median period (``chunk_wall_s``) of the outputs after the first ``skip`` (all of them when none is
+        left): once compilation, graph captures and the window's filling are past (``skip``:
+        :func:`filling_outputs`)."""
+        return statistics.median(self.chunk_wall_s[skip:] or self.chunk_wall_s)
+
     def fps_steady(self, skip: int) -> float:
-        """The frames of one later output over the median period (``chunk_wall_s``) of the outputs after the first
-        ``skip`` (all of them when none is left): the rate once compilation, graph captures and the window's
-        filling are past (``skip``: :func:`filling_outputs`); nan with one output."""
+        """The frames of one later output over :meth:`steady_period`; nan with one output."""
         if self.chunks < 2:
             return float("nan")
-        per_output = (self.frames - self.first_frames) / (self.chunks - 1)
-        return per_output / statistics.median(self.chunk_wall_s[skip:] or self.chunk_wall_s)
+        return (self.frames - self.first_frames) / (self.chunks - 1) / self.steady_period(skip)
 
 
 def filling_outputs(window: int | None, chunk: int) -> int:
