@@ -20,10 +20,14 @@ A row is a *variant*: ``base`` (the plain path) or levers joined by ``+`` (``gra
   overlap  stream.overlap_decode   each chunk's decode on a second CUDA stream during the next chunk's DiT
 ``--compile`` compiles the DiT blocks for every row. ``--generate VARIANTS`` adds rows of the real ``vidforce
 generate`` (a subprocess: random weights, a random VAE / TAEHV checkpoint in a temporary directory, the mp4
-written) at the first window, its printed throughput beside the bench row of the same variant.
+written) at the first window, its printed throughput beside the bench row of the same variant. ``--serve
+VARIANTS`` adds rows of ``vidforce serve --pace max`` (the same subprocess set-up) measured by the headless client
+of ``tools/bench_serve.py``: frames per second reaching the client after ``--serve-warmup`` frames, for
+``--serve-seconds``, and the prompt-switch latency (request to the first frame of the new prompt on the client)
+every ``--switch-every`` seconds.
 
     python tools/bench_stream.py --out $OUT/stream --compile [--windows 21,12] [--chunks 14] \\
-        [--variants VARIANTS] [--generate VARIANTS]
+        [--variants VARIANTS] [--generate VARIANTS] [--serve VARIANTS]
 
 ``--variants`` (comma-separated) defaults to base, graphs, fused, buffers, buffers+cl, taehv, fp8,
 graphs+fused+buffers+cl and graphs+fused+buffers+cl+overlap.
@@ -31,7 +35,10 @@ graphs+fused+buffers+cl and graphs+fused+buffers+cl+overlap.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import re
+import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -253,8 +260,9 @@ GENERATE_RESULT = re.compile(r"latency to first frame ([\d.]+) s \| throughput (
                              r"peak memory ([\d.]+) GiB")
 
 
-def generate_row(args, name: str, window: int, sink: int, device, tmp: Path, bench_rows: list[dict]) -> dict:
-    """Run ``vidforce generate`` (random weights) for ``--generate-seconds`` with the variant's levers."""
+def cli_command(args, command: str, name: str, window: int, sink: int, device, tmp: Path) -> list[str]:
+    """The ``vidforce COMMAND`` command line (``generate`` or ``serve``, random weights) that streams what the
+    bench row ``name`` streams, with a random VAE / TAEHV checkpoint and an empty config written into ``tmp``."""
     levers = parse_variant(name)
     codec_path = tmp / ("taew2_1.safetensors" if "taehv" in levers else "wan_vae.safetensors")
     if not codec_path.exists():
@@ -262,12 +270,21 @@ def generate_row(args, name: str, window: int, sink: int, device, tmp: Path, ben
         codec = TAEHV() if "taehv" in levers else WanVAE()
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         save_file({k: v.to(dtype).contiguous() for k, v in codec.state_dict().items()}, codec_path)
-    mp4 = tmp / f"generate_{name.replace('+', '_')}_w{window}.mp4"
-    cmd = [sys.executable, "-m", "vidforce.cli", "generate", "--config", str(tmp / "none.yaml"), "--random-weights",
-           "--prompt", "a red fox running through fresh snow", "--seconds", str(args.generate_seconds),
-           "--out", str(mp4), *(["--compile"] if args.compile else []),
-           *generate_config(args, levers, window, sink, codec_path, device)]
     (tmp / "none.yaml").write_text("{}\n")
+    return [sys.executable, "-m", "vidforce.cli", command, "--config", str(tmp / "none.yaml"), "--random-weights",
+            *(["--compile"] if args.compile else []), *generate_config(args, levers, window, sink, codec_path, device)]
+
+
+def bench_fps(bench_rows: list[dict], name: str, window: int) -> float | None:
+    """End-to-end FPS of the bench row of variant ``name`` at ``window`` (None when it did not run)."""
+    return next((r.get("fps_end_to_end") for r in bench_rows if r["variant"] == name and r["window"] == window), None)
+
+
+def generate_row(args, name: str, window: int, sink: int, device, tmp: Path, bench_rows: list[dict]) -> dict:
+    """Run ``vidforce generate`` (random weights) for ``--generate-seconds`` with the variant's levers."""
+    mp4 = tmp / f"generate_{name.replace('+', '_')}_w{window}.mp4"
+    cmd = [*cli_command(args, "generate", name, window, sink, device, tmp), "--prompt",
+           "a red fox running through fresh snow", "--seconds", str(args.generate_seconds), "--out", str(mp4)]
     row = {"window": window, "sink": sink, "variant": f"generate:{name}"}
     t0 = time.perf_counter()
     try:
@@ -280,13 +297,55 @@ def generate_row(args, name: str, window: int, sink: int, device, tmp: Path, ben
         print(f"vidforce generate failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
         return {**row, "error": (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]}
     written = re.search(r"wrote (\d+) frames", proc.stdout)
-    bench = next((r.get("fps_end_to_end") for r in bench_rows if r["variant"] == name and r["window"] == window), None)
+    bench = bench_fps(bench_rows, name, window)
     fps = float(found.group(2))
     return {**row, "first_frame_s": float(found.group(1)), "fps_end_to_end": fps,
             "fps_after_first": float(found.group(3)), "fps_steady": float(found.group(4)),
             "peak_gib": float(found.group(5)),
             "frames": int(written.group(1)) if written else None, "mp4_bytes": mp4.stat().st_size,
             "vs_bench": fps / bench if bench else None}
+
+
+def free_port() -> int:
+    """A TCP port free on localhost now (the server binds it a moment later)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def serve_row(args, name: str, window: int, sink: int, device, tmp: Path, bench_rows: list[dict]) -> dict:
+    """Run ``vidforce serve --pace max`` (random weights) with the variant's levers and measure it with
+    ``tools/bench_serve.py``'s client; the server is stopped with SIGTERM after the measurement."""
+    from tools.bench_serve import measure  # noqa: PLC0415 (aiohttp: only for these rows)
+    port = free_port()
+    cmd = [*cli_command(args, "serve", name, window, sink, device, tmp), "--pace", "max", "--port", str(port),
+           "--prompt", "a red fox running through fresh snow"]
+    row = {"window": window, "sink": sink, "variant": f"serve:{name}"}
+    log = tmp / f"serve_{name.replace('+', '_')}_w{window}.log"
+    client = argparse.Namespace(url=f"http://127.0.0.1:{port}", seconds=args.serve_seconds,
+                                warmup_frames=args.serve_warmup, switch_every=args.switch_every,
+                                prompts=["a red fox running through fresh snow", "a corgi surfing at sunset",
+                                         "a paper boat on a rainy street"], wait=args.generate_timeout)
+    with open(log, "w") as out:
+        server = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        try:
+            result = asyncio.run(measure(client))
+        except (OSError, RuntimeError, asyncio.TimeoutError) as err:
+            print(f"vidforce serve row failed: {short_error(err)}\n{log.read_text()[-3000:]}")
+            return {**row, "error": short_error(err)}
+        finally:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                server.kill()
+    bench = bench_fps(bench_rows, name, window)
+    switches = result["switches"]
+    server_ms = [s["server_ms"] for s in switches if s.get("server_ms") is not None]
+    return {**row, "fps_end_to_end": result["fps_to_client"], "vs_bench": result["fps_to_client"] / bench if bench
+            else None, "frames": result["frames"], "switches": len(switches),
+            "switch_client_ms": result["switch_client_ms_median"],
+            "switch_server_ms": statistics.median(server_ms) if server_ms else None}
 
 
 def main() -> None:
@@ -300,6 +359,10 @@ def main() -> None:
     p.add_argument("--generate", default="", help="variants to run through `vidforce generate` (first window)")
     p.add_argument("--generate-seconds", type=float, default=20.0, help="video length of each generate row")
     p.add_argument("--generate-timeout", type=float, default=300.0, help="seconds before a generate row is given up")
+    p.add_argument("--serve", default="", help="variants to run through `vidforce serve --pace max` (first window)")
+    p.add_argument("--serve-seconds", type=float, default=30.0, help="measured seconds of each serve row")
+    p.add_argument("--serve-warmup", type=int, default=120, help="frames a serve row skips before measuring")
+    p.add_argument("--switch-every", type=float, default=8.0, help="seconds between a serve row's prompt switches")
     p.add_argument("--attention", default="auto")
     p.add_argument("--rope-mode", default="absolute")
     p.add_argument("--compile", action="store_true", help="torch.compile the pure-tensor halves of each block")
@@ -311,7 +374,8 @@ def main() -> None:
     args = p.parse_args()
     variants = args.variants.split(",")
     generated = [v for v in args.generate.split(",") if v]
-    for name in variants + generated:
+    served = [v for v in args.serve.split(",") if v]
+    for name in variants + generated + served:
         parse_variant(name)
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = True                  # VAE convolutions: pick the fastest algorithms
@@ -327,8 +391,10 @@ def main() -> None:
     free_memory(device)
     with tempfile.TemporaryDirectory() as tmp:
         gen_rows = [generate_row(args, name, windows[0], args.sink, device, Path(tmp), rows) for name in generated]
+        serve_rows = [serve_row(args, name, windows[0], args.sink, device, Path(tmp), rows) for name in served]
     dump_json(args.out, "stream", {"env": env_info(device), "matmul_tflops": peak, "compile": args.compile,
-                                   "attention": args.attention, "rows": rows, "generate_rows": gen_rows})
+                                   "attention": args.attention, "rows": rows, "generate_rows": gen_rows,
+                                   "serve_rows": serve_rows})
     print(f"bf16 matmul {peak:.0f} TFLOP/s; compile={args.compile}")
     print(markdown_table(rows, ["window", "variant", "fps_end_to_end", "vs_base", "fps_steady", "chunk_ms",
                                 "first_frame_s", "dit_ms", "decode_ms", "dit_floor_ms", "dit_vs_floor", "peak_gib",
@@ -337,6 +403,9 @@ def main() -> None:
         print(markdown_table(gen_rows, ["window", "variant", "fps_end_to_end", "fps_after_first", "fps_steady",
                                         "vs_bench", "first_frame_s", "peak_gib", "frames", "mp4_bytes", "wall_s",
                                         "error"]))
+    if serve_rows:
+        print(markdown_table(serve_rows, ["window", "variant", "fps_end_to_end", "vs_bench", "frames", "switches",
+                                          "switch_client_ms", "switch_server_ms", "error"]))
 
 
 if __name__ == "__main__":

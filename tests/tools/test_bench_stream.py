@@ -1,5 +1,6 @@
 """tools/bench_stream.py runs on the CPU at a tiny shape with random weights (so it will not crash on the device): every
-lever as a row, the fp8 error beside it, and a row of the real ``vidforce generate`` path with its mp4."""
+lever as a row, the fp8 error beside it, a row of the real ``vidforce generate`` path with its mp4, and a row of
+the real ``vidforce serve`` measured by ``tools/bench_serve.py``'s client."""
 from __future__ import annotations
 
 import json
@@ -38,7 +39,9 @@ def test_tiny_cpu_run_measures_every_lever_and_the_generate_path(tmp_path):
     args = ["tools/bench_stream.py", "--device", "cpu", "--preset", "tiny", "--latent", "4x4", "--vae-dim", "8",
             "--windows", "6", "--sink", "3", "--chunks", "2",
             "--variants", "base,graphs+fused+buffers+cl,taehv,fp8,graphs+fused+buffers+cl+overlap",
-            "--generate", "taehv+graphs+fused+overlap", "--generate-seconds", "1", "--out", str(out)]
+            "--generate", "taehv+graphs+fused+overlap", "--generate-seconds", "1",
+            "--serve", "taehv", "--serve-seconds", "1.5", "--serve-warmup", "3", "--switch-every", "0.5",
+            "--out", str(out)]
     proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=900,
                           env=child_env(OMP_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -53,3 +56,7 @@ def test_tiny_cpu_run_measures_every_lever_and_the_generate_path(tmp_path):
     assert generated["variant"] == "generate:taehv+graphs+fused+overlap" and generated["returncode"] == 0
     assert generated["frames"] == 21 and generated["mp4_bytes"] > 0 and generated["fps_end_to_end"] > 0
     assert generated["fps_after_first"] > 0 and generated["fps_steady"] > 0
+    (served,) = result["serve_rows"]      # the real server, measured by bench_serve's client, then stopped
+    assert served["variant"] == "serve:taehv" and "error" not in served, served
+    assert served["frames"] > 1 and served["fps_end_to_end"] > 0 and served["vs_bench"] > 0
+    assert served["switches"] >= 1 and served["switch_client_ms"] > 0
