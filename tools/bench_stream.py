@@ -355,7 +355,8 @@ def main() -> None:
     p.add_argument("--windows", default="21,12")
     p.add_argument("--sink", type=int, default=3)
     p.add_argument("--chunks", type=int, default=14, help="chunks of every timed stream")
-    p.add_argument("--variants", default=DEFAULT_VARIANTS, help="comma-separated rows: base or levers joined by +")
+    p.add_argument("--variants", default=DEFAULT_VARIANTS,
+                   help="comma-separated rows: base or levers joined by + ('': none, only --generate / --serve rows)")
     p.add_argument("--generate", default="", help="variants to run through `vidforce generate` (first window)")
     p.add_argument("--generate-seconds", type=float, default=20.0, help="video length of each generate row")
     p.add_argument("--generate-timeout", type=float, default=300.0, help="seconds before a generate row is given up")
@@ -372,7 +373,7 @@ def main() -> None:
                    help="latent HxW (60x104 = 480x832 pixels)")
     p.add_argument("--vae-dim", type=int, default=96, help="WanVAE base dim of the bench rows (96 = the real one)")
     args = p.parse_args()
-    variants = args.variants.split(",")
+    variants = [v for v in args.variants.split(",") if v]
     generated = [v for v in args.generate.split(",") if v]
     served = [v for v in args.serve.split(",") if v]
     for name in variants + generated + served:
@@ -380,7 +381,7 @@ def main() -> None:
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = True                  # VAE convolutions: pick the fastest algorithms
     peak = matmul_tflops(device)
-    bench = Bench(args, device)
+    bench = Bench(args, device) if variants else None     # --variants '': only generate / serve rows
     windows = [int(w) for w in args.windows.split(",")]
     rows = [safe_row(bench, name, w, args.sink, peak) for w in windows for name in variants]
     for row in rows:
