@@ -103,6 +103,7 @@ def test_missing_yaml_names_the_file(tmp_path):
     (["objective.meanflow.fm_fraction=1.5"], "objective.meanflow.fm_fraction"),
     (["objective.shortcut.levels=0"], "objective.shortcut.levels"),
     (["objective.ctm.gamma=-0.1"], "objective.ctm.gamma"),
+    (["objective.reflow.weighting=sqrt"], "objective.reflow.weighting"),
 ])
 def test_bad_values_name_the_field(overrides, field):
     with pytest.raises(ValueError, match=field.replace(".", r"\.").replace("[", r"\[")):

@@ -1,5 +1,5 @@
-"""What the two harness-table tools share (``zoo_table.py``, ``zoo_flowmap_table.py``): their arguments and how a
-table page is written under the command that made it."""
+"""What the harness-table tools share (``zoo_table.py``, ``zoo_flowmap_table.py``, ``zoo_trajectory_table.py``): their
+arguments and how a table page is written under the command that made it."""
 from __future__ import annotations
 
 import argparse

@@ -50,7 +50,8 @@ class ModelConfig:
     checkpoint: str = ""            # weights to load (Wan original / diffusers / Self-Forcing .pt / ours)
     checkpoint_key: str = "auto"    # for training checkpoints: generator | generator_ema | critic | auto
     time_to: bool = False           # second time input t_to of a flow map (ctm, meanflow, shortcut,
-                                    # flowmap_semigroup): a zero-initialised embedding of t - t_to
+                                    # flowmap_lagrangian, flowmap_eulerian, flowmap_semigroup): a
+                                    # zero-initialised embedding of t - t_to
 
 
 @dataclass
@@ -60,7 +61,8 @@ class CausalConfig:
     sink: int = 0                   # first frames never evicted
     rope_mode: str = "absolute"     # absolute | relative
     attention: str = "auto"         # auto | math | sdpa | cudnn | flash | efficient | flash_attn | jvp
-                                    # (forward-mode AD in O(L) memory: scm / meanflow on CUDA)
+                                    # (forward-mode AD in O(L) memory: scm / meanflow / flowmap_lagrangian /
+                                    # flowmap_eulerian on CUDA)
     full_sequence: str = "loop"     # block-causal full-sequence pass: loop | flex | dense
 
 
@@ -115,8 +117,17 @@ class GANConfig:
 
 @dataclass
 class ODEInitConfig:
-    pairs: str = ""                 # safetensors file from tools/make_ode_pairs.py
+    pairs: str = ""                 # safetensors file from tools/make_ode_pairs.py (also the couplings of kd
+                                    # and reflow: its sigma-1 noise and its endpoint)
     clean_context: bool = False     # earlier chunks attended as the teacher's clean endpoints (as inference sees)
+
+
+@dataclass
+class KDConfig:
+    """Knowledge distillation: a one-step student (``schedule.denoising_steps: [1000]``) regressed from the pairs'
+    pure noise onto their endpoints (``objective.ode_init.pairs``)."""
+    clean_context: bool = True      # earlier chunks attended as the teacher's clean endpoints (as inference
+                                    # sees) | false: as their pure noise (no content to condition on)
 
 
 @dataclass
@@ -133,6 +144,14 @@ class FlowMatchingConfig(FlowLossConfig):
 @dataclass
 class TeacherForcingConfig(FlowLossConfig):
     context_noise: float = 0.0      # timestep of the clean context
+
+
+@dataclass
+class ReflowConfig(FlowLossConfig):
+    """Reflow: flow matching on the straight line between the pairs' sigma-1 noise and their endpoint
+    (``objective.ode_init.pairs``), one training sigma per chunk. A further round: new pairs from this model."""
+    clean_context: bool = True      # earlier chunks attended as the coupled clean endpoints (as inference
+                                    # sees) | false: block-causal over the noisy sequence
 
 
 @dataclass
@@ -202,6 +221,22 @@ class SemigroupConfig:
 
 
 @dataclass
+class ProgressiveConfig:
+    """Progressive distillation, one round: the student's one Euler step regresses the teacher's two
+    (``objective.progressive``); round k's export is round k + 1's model.checkpoint, student_steps halved."""
+    student_steps: int = 4          # N: the student's Euler steps on euler_grid(N, schedule.shift); the
+                                    # teacher runs 2N
+    teacher: str = "bidirectional"  # bidirectional: teacher.checkpoint | causal: the frozen copy of the generator
+                                    # as it starts (model.checkpoint), block-causal as it was trained
+
+
+@dataclass
+class GuidedConfig(FlowLossConfig):
+    """Guided distillation, stage 1: the teacher's CFG at ``objective.guidance`` (two calls) regressed into the
+    generator's one conditional call; stage 2 is ``progressive`` rounds from its export."""
+
+
+@dataclass
 class DMD2Config:
     """DMD2: DMD (no regression) + a GAN on a head over the critic's features (``objective.gan``), critic and
     discriminator updated every step, the generator every ``gen_update_every`` (two time scales)."""
@@ -255,12 +290,17 @@ class ObjectiveConfig:
                                     # diffusion_forcing | flow_matching (bidirectional teacher from data)
                                     # | cd | ct | lcm (consistency, video plugins) | dmd2 | add | ladd
                                     # (adversarial) | grpo (reward) | scm | ctm (consistency) | meanflow |
-                                    # shortcut | flowmap_semigroup (ctm and the flow maps need model.time_to)
+                                    # shortcut | flowmap_lagrangian | flowmap_eulerian | flowmap_semigroup
+                                    # (ctm and the flow maps need model.time_to) | kd | reflow (trajectory
+                                    # distillation on the couplings of objective.ode_init.pairs) | progressive
+                                    # | guided (progressive / guided distillation against the teacher)
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
     gen_update_every: int = 5       # objectives with a critic: the generator updates every n-th step
     sid: SiDConfig = field(default_factory=SiDConfig)
     gan: GANConfig = field(default_factory=GANConfig)
     ode_init: ODEInitConfig = field(default_factory=ODEInitConfig)
+    kd: KDConfig = field(default_factory=KDConfig)
+    reflow: ReflowConfig = field(default_factory=ReflowConfig)
     flow_matching: FlowMatchingConfig = field(default_factory=FlowMatchingConfig)
     teacher_forcing: TeacherForcingConfig = field(default_factory=TeacherForcingConfig)
     diffusion_forcing: FlowLossConfig = field(default_factory=FlowLossConfig)
@@ -272,6 +312,8 @@ class ObjectiveConfig:
     meanflow: MeanFlowConfig = field(default_factory=MeanFlowConfig)
     shortcut: ShortcutConfig = field(default_factory=ShortcutConfig)
     flowmap_semigroup: SemigroupConfig = field(default_factory=SemigroupConfig)
+    progressive: ProgressiveConfig = field(default_factory=ProgressiveConfig)
+    guided: GuidedConfig = field(default_factory=GuidedConfig)
     dmd2: DMD2Config = field(default_factory=DMD2Config)
     add: ADDConfig = field(default_factory=ADDConfig)
     ladd: LADDConfig = field(default_factory=LADDConfig)
@@ -429,7 +471,8 @@ CHOICES: dict[str, tuple] = {
     "rollout.window_sampling": ("uniform", "beta"),
     "objective.name": ("dmd", "sid", "gan", "dmd_gan", "ode_init", "teacher_forcing", "diffusion_forcing",
                        "extended_dmd", "flow_matching", "cd", "ct", "lcm", "scm", "ctm", "meanflow", "shortcut",
-                       "flowmap_semigroup", "dmd2", "add", "ladd", "grpo"),
+                       "flowmap_lagrangian", "flowmap_eulerian", "flowmap_semigroup", "dmd2", "add", "ladd",
+                       "grpo", "kd", "reflow", "progressive", "guided"),
     "objective.grpo.reward": ("motion", "drift"),
     "objective.cd.solver": ("euler", "heun"),
     "objective.scm.tangent": ("normalize", "clip"),
@@ -438,6 +481,9 @@ CHOICES: dict[str, tuple] = {
     "objective.flow_matching.weighting": ("uniform", "wan"),
     "objective.teacher_forcing.weighting": ("uniform", "wan"),
     "objective.diffusion_forcing.weighting": ("uniform", "wan"),
+    "objective.reflow.weighting": ("uniform", "wan"),
+    "objective.guided.weighting": ("uniform", "wan"),
+    "objective.progressive.teacher": ("bidirectional", "causal"),
     "schedule.time_sampling": ("range", "clamp"),
     "rollout.cache_grad": ("detach", "exit_step"),
     "model.checkpoint_key": ("auto", "generator", "generator_ema", "critic"),
@@ -456,7 +502,8 @@ POSITIVE = ("objective.gan.r_sigma", "causal.frames_per_chunk", "rollout.num_fra
             "train.steps", "train.batch_size", "train.grad_accum", "train.checkpoint_every", "train.keep_last", "train.log_every",
             "data.latent_height", "data.latent_width", "data.fps", "codec.spatial_factor", "train.dist_timeout_s",
             "drift.window_seconds", "drift.horizon_multiple", "schedule.shift", "objective.ladd.sigma_scale",
-            "objective.grpo.clip", "objective.grpo.adv_clip", "lora.rank", "lora.alpha")
+            "objective.grpo.clip", "objective.grpo.adv_clip", "lora.rank", "lora.alpha",
+            "objective.progressive.student_steps")
 NON_NEGATIVE = ("causal.window", "causal.sink", "rollout.grad_chunks", "rollout.long_frames", "optim.generator_lr",
                 "objective.scm.warmup_steps", "objective.ctm.dsm_weight", "objective.flowmap_semigroup.diag_weight",
                 "optim.critic_lr", "optim.weight_decay", "optim.grad_clip", "optim.ema_start",

@@ -1,12 +1,19 @@
 """Flow-map losses vanish at the oracle (the exact Gaussian-mixture field) and not when perturbed; MeanFlow's JVP
-target against finite differences; the semigroup loss on an exactly composing linear flow; X(x, t, t) = x."""
+target against finite differences; the semigroup loss on an exactly composing linear flow; X(x, t, t) = x; the
+Lagrangian and Eulerian video plugins compute their pure losses on the generator and the teacher."""
 from __future__ import annotations
 
 import pytest
 import torch
 
+from vidforce import config
 from vidforce.diffusion import NUM_TRAIN_TIMESTEPS, add_noise
+from vidforce.models.causal import CausalWan
+from vidforce.models.wan import WanModel
+from vidforce.objectives import REGISTRY, Batch, Nets, StepContext, build
 from vidforce.objectives import flowmap as FM
+from vidforce.rollout import RolloutPlan
+from vidforce.sampling import Denoiser, Sampler
 from vidforce.toy.gmm import GMM
 from vidforce.toy.nets import MLPDenoiser, OracleFlowMap
 from vidforce.toy.train import flow2_of
@@ -110,3 +117,47 @@ def test_identity_on_the_diagonal_and_sampler():
     torch.testing.assert_close(y, FM.apply_map(net, step, torch.full((8,), 0.5), torch.zeros(8)))
     tt, r = FM.meanflow_times(1000, 0.75, torch.Generator().manual_seed(0))
     assert (r <= tt).all() and 0.7 < (r == tt).float().mean() < 0.8
+
+
+def test_registry_names_the_differential_conditions():
+    assert REGISTRY["flowmap_lagrangian"] is FM.Lagrangian and REGISTRY["flowmap_eulerian"] is FM.Eulerian
+
+
+def _plugin_ctx(name: str):
+    """Tiny generator (second-time embedding perturbed off zero, so the map depends on ``t_to``) and teacher, two
+    clips of 8 frames (cut to ``rollout.num_frames = 6``), rng seed 3."""
+    cfg = config.load(None, [f"objective.name={name}", "model.time_to=true", "rollout.num_frames=6"])
+    torch.manual_seed(0)
+    gen = CausalWan(config.arch_of(cfg.model), 3, attention="math")
+    torch.nn.init.normal_(gen.time_to_embedding[2].weight, std=0.1)
+    teacher = WanModel(config.arch_of(cfg.teacher), "math").requires_grad_(False)
+    text = torch.randn(2, gen.arch.text_len, gen.arch.text_dim)
+    clips = torch.randn(2, 8, gen.arch.in_dim, 4, 4)
+    ctx = StepContext(Nets(gen, teacher=teacher), Batch(text, text, latents=clips), RolloutPlan(0, 6, 0),
+                      Sampler.from_config(cfg.schedule), cfg, torch.Generator().manual_seed(3),
+                      (gen.arch.in_dim, 4, 4))
+    return build(cfg), ctx
+
+
+@pytest.mark.parametrize("name, pure", [("flowmap_lagrangian", FM.lagrangian_loss),
+                                        ("flowmap_eulerian", FM.eulerian_loss)])
+def test_differential_condition_plugins_compute_their_pure_loss(name, pure):
+    """The plugin's loss is the pure loss on the replayed draws (noise, then ``map_times`` on the step's rng) with
+    the generator's block-causal flow as student and target and the teacher's conditional flow; the gradient
+    reaches the generator's second time and nothing of the teacher."""
+    objective, ctx = _plugin_ctx(name)
+    loss, logs = objective.generator_loss(ctx)
+    gen, teacher, text = ctx.nets.generator, ctx.nets.teacher, ctx.batch.cond
+    rng = torch.Generator().manual_seed(3)
+    x0 = ctx.batch.latents[:, :6]
+    eps = torch.randn(x0.shape, generator=rng)
+    t, _, s = FM.map_times(2, rng)
+    student, v = Denoiser(gen.forward_full, gen.text_kv(text)).flow, Denoiser(teacher, teacher.text_kv(text)).flow
+    torch.testing.assert_close(loss, pure(student, student, v, x0, eps, t, s))
+    assert logs == {name.removeprefix("flowmap_") + "_loss": loss.item()}
+    other = FM.eulerian_loss if pure is FM.lagrangian_loss else FM.lagrangian_loss
+    assert abs(other(student, student, v, x0, eps, t, s).item() - loss.item()) > 1e-6   # the check tells them apart
+    loss.backward()
+    grad = gen.time_to_embedding[2].weight.grad
+    assert grad is not None and torch.isfinite(grad).all() and grad.abs().max() > 0
+    assert all(p.grad is None for p in teacher.parameters())

@@ -16,7 +16,9 @@ from vidforce.train.trainer import train
 from tests.train.helpers import metrics, tiny
 
 
-@pytest.mark.parametrize("name", ["cd", "ct", "lcm", "scm", "ctm", "meanflow", "shortcut", "flowmap_semigroup"])
+@pytest.mark.parametrize("name", ["cd", "ct", "lcm", "scm", "ctm", "meanflow", "shortcut", "flowmap_lagrangian",
+                                  "flowmap_eulerian", "flowmap_semigroup", "kd", "reflow", "progressive",
+                                  "guided"])
 def test_consistency_objective_trains_through_the_trainer(inputs, tmp_path, name):
     train(tiny(name, inputs, tmp_path, "train.steps=3", "train.checkpoint_every=100"))
     lines = metrics(tmp_path)
@@ -26,7 +28,10 @@ def test_consistency_objective_trains_through_the_trainer(inputs, tmp_path, name
         assert "loss/critic" not in m
 
 
-@pytest.mark.parametrize("name", ["ctm", "meanflow", "shortcut", "flowmap_semigroup"])
+FLOW_MAPS = ["ctm", "meanflow", "shortcut", "flowmap_lagrangian", "flowmap_eulerian", "flowmap_semigroup"]
+
+
+@pytest.mark.parametrize("name", FLOW_MAPS)
 def test_flow_map_objectives_train_the_second_time_and_export_it(inputs, tmp_path, name):
     """The second-time embedding starts at zero and receives gradient; the export loads into a generator."""
     cfg = tiny(name, inputs, tmp_path / "run", "train.steps=2", "train.checkpoint_every=100")
@@ -40,19 +45,39 @@ def test_flow_map_objectives_train_the_second_time_and_export_it(inputs, tmp_pat
     assert torch.equal(generator.state_dict()["time_to_embedding.2.weight"], weights["time_to_embedding.2.weight"])
 
 
-@pytest.mark.parametrize("name", ["ctm", "meanflow", "shortcut", "flowmap_semigroup"])
+@pytest.mark.parametrize("name", FLOW_MAPS)
 def test_flow_map_objectives_need_the_second_time(inputs, tmp_path, name):
     with pytest.raises(ValueError, match="model.time_to=true"):
         build(tiny(name, inputs, tmp_path, "model.time_to=false"))
 
 
-@pytest.mark.parametrize("name", ["scm", "meanflow"])
+@pytest.mark.parametrize("name", ["scm", "meanflow", "flowmap_lagrangian", "flowmap_eulerian"])
 def test_jvp_objectives_need_an_attention_with_forward_ad(inputs, tmp_path, name):
     with pytest.raises(ValueError, match="causal.attention must be one of"):
         build(tiny(name, inputs, tmp_path, "causal.attention=sdpa"))
 
 
-def test_meanflow_trains_through_the_jvp_attention_backend(inputs, tmp_path):
+@pytest.mark.parametrize("name", ["meanflow", "flowmap_lagrangian", "flowmap_eulerian"])
+def test_jvp_objectives_train_through_the_jvp_attention_backend(inputs, tmp_path, name):
     """causal.attention=jvp (the fused tangent kernel on CUDA; its dense torch formulas on CPU) under the JVP."""
-    train(tiny("meanflow", inputs, tmp_path, "train.steps=2", "train.checkpoint_every=100", "causal.attention=jvp"))
+    train(tiny(name, inputs, tmp_path, "train.steps=2", "train.checkpoint_every=100", "causal.attention=jvp"))
     assert all(math.isfinite(m["loss/generator"]) for m in metrics(tmp_path))
+
+
+@pytest.mark.parametrize("name, extra", [("progressive", ()), ("guided", ()),
+                                         ("progressive", ("objective.progressive.teacher=causal",))])
+def test_progressive_and_guided_rounds_change_the_generator(inputs, tmp_path, name, extra):
+    """One round (or stage 1) trains the generator away from its start (at lr 0 the export is the start: the check
+    compares against the trainer's own starting weights); with the causal teacher the frozen reference is the
+    starting generator, so the first loss is its one step against its own two (positive)."""
+    def run(where, *more):
+        cfg = tiny(name, inputs, tmp_path / where, "train.steps=2", "train.checkpoint_every=100", *extra, *more)
+        train(cfg)
+        assert all(math.isfinite(m["loss/generator"]) and m["loss/generator"] > 0 for m in metrics(tmp_path / where))
+        return cfg, load_file(str(export_generator(tmp_path / where, tmp_path / f"{where}.safetensors", ema=False)))
+    cfg, weights = run("run")
+    torch.manual_seed(cfg.train.seed)                       # the trainer's seeding before it builds the generator
+    start = build_generator(cfg, "cpu", torch.float32).state_dict()
+    assert any(not torch.equal(weights[k], v) for k, v in start.items())
+    _, still = run("still", "optim.generator_lr=0")
+    assert all(torch.equal(still[k], v) for k, v in start.items())

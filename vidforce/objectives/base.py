@@ -126,8 +126,8 @@ def grad_start(ctx: StepContext) -> int:
     return p.window_start
 
 
-def noised(ctx: StepContext, x: Tensor, per_frame: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-    """``x_t, eps, sigma [B, T]`` with a shifted training sigma (one per sample, or one per chunk)."""
+def train_sigma(ctx: StepContext, x: Tensor, per_frame: bool = False) -> Tensor:
+    """A shifted training sigma per frame ``[B, T]`` of clips ``x [B, T, ...]``: one per sample, or one per chunk."""
     s = ctx.cfg.schedule
     b, t = x.shape[:2]
     if per_frame:
@@ -135,10 +135,14 @@ def noised(ctx: StepContext, x: Tensor, per_frame: bool = False) -> tuple[Tensor
         n_chunks = -(-t // chunk)
         sig = sample_train_sigma((b, n_chunks), s.shift, s.min_step, s.max_step, ctx.rng, ctx.rng.device,
                                  s.time_sampling)
-        sigma = sig.to(x.device).repeat_interleave(chunk, dim=1)[:, :t]
-    else:
-        sig = sample_train_sigma((b, 1), s.shift, s.min_step, s.max_step, ctx.rng, ctx.rng.device, s.time_sampling)
-        sigma = sig.to(x.device).expand(b, t)
+        return sig.to(x.device).repeat_interleave(chunk, dim=1)[:, :t]
+    sig = sample_train_sigma((b, 1), s.shift, s.min_step, s.max_step, ctx.rng, ctx.rng.device, s.time_sampling)
+    return sig.to(x.device).expand(b, t)
+
+
+def noised(ctx: StepContext, x: Tensor, per_frame: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """``x_t, eps, sigma [B, T]`` with a shifted training sigma (:func:`train_sigma`) and fresh noise."""
+    sigma = train_sigma(ctx, x, per_frame)
     eps = ctx.noise(*x.shape).to(x.dtype)
     return add_noise(x, eps, sigma), eps, sigma
 

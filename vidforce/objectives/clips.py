@@ -1,9 +1,11 @@
-"""What the video plugins of the consistency and flow-map objectives share: the step's data clips and noise, the
-generator's flow (live, and with its parameters held), the frozen teacher's flow, and their preconditions.
+"""What the video plugins of the consistency, flow-map and progressive / guided objectives share: the step's data
+clips and noise, the generator's flow (live, and with its parameters held), the frozen teacher's flow (or the frozen
+starting generator's), and their preconditions.
 
 Every one of them trains the chunk-causal generator over the full sequence (``CausalWan.forward_full``,
 block-causal) on data clips ``x0 [B, T, C, H, W]`` with one time per sample (the same for every frame), under
-the conditional prompt; the teacher is the frozen bidirectional DiT, its conditional branch (unguided).
+the conditional prompt; the teacher is the frozen bidirectional DiT, its conditional branch (unguided; guided
+distillation also calls its unconditional one).
 """
 from __future__ import annotations
 
@@ -54,13 +56,22 @@ def held_flow(ctx: StepContext) -> Flow2:
     return call
 
 
-def teacher_flow(ctx: StepContext):
-    """The frozen teacher's conditional flow ``(x, s) -> v``, under ``no_grad``."""
-    denoiser = Denoiser(ctx.nets.teacher, text_kv_of(ctx, "teacher", "cond"))
+def teacher_flow(ctx: StepContext, which: str = "cond"):
+    """The frozen teacher's flow ``(x, s) -> v`` under the prompt ``which`` (``cond`` | ``uncond``: one branch, no
+    guidance), under ``no_grad``."""
+    return _no_grad(Denoiser(ctx.nets.teacher, text_kv_of(ctx, "teacher", which)).flow)
 
+
+def reference_flow(ctx: StepContext):
+    """The frozen copy of the generator as it started (``Nets.reference``) as a teacher: its block-causal conditional
+    flow ``(x, s) -> v``, run as the generator was trained, under ``no_grad``."""
+    return _no_grad(Denoiser(ctx.nets.reference.forward_full, text_kv_of(ctx, "reference", "cond")).flow)
+
+
+def _no_grad(flow):
     def call(x: Tensor, s: Tensor) -> Tensor:
         with torch.no_grad():
-            return denoiser.flow(x, s)
+            return flow(x, s)
     return call
 
 

@@ -22,9 +22,10 @@ semigroup), and its gradient is the one of the condition with the derivative ter
 sCM stop-gradient). Weighting: uniform over ``(t, s)`` in these ``F``-units (a simple stated choice; the
 per-time weights of the self-distillation paper are not used).
 
-Video plugins (``meanflow``, ``shortcut``, ``flowmap_semigroup``): the chunk-causal generator with its second
-time input (``model.time_to``) over the full sequence on data clips, one ``(t, s)`` per sample
-(:mod:`vidforce.objectives.clips`); MeanFlow differentiates the DiT by JVP (attention ``math`` or ``jvp``).
+Video plugins (``meanflow``, ``shortcut``, ``flowmap_lagrangian``, ``flowmap_eulerian``, ``flowmap_semigroup``):
+the chunk-causal generator with its second time input (``model.time_to``) over the full sequence on data clips,
+one ``(t, s)`` per sample (:mod:`vidforce.objectives.clips`); MeanFlow and the Lagrangian and Eulerian conditions
+differentiate the DiT by JVP (attention ``math`` or ``jvp``).
 """
 from __future__ import annotations
 
@@ -193,7 +194,7 @@ def semigroup_loss(student: Flow2, target: Flow2, teacher: Flow, x0: Tensor, eps
     return _sq(student(x, t, s), w_tgt).mean() + diag_weight * _sq(student(x, t, t), v).mean()
 
 
-# ---------------------------------------------------------------- video plugins (MeanFlow, Shortcut, semigroup)
+# ---------------------------------------------------------------- video plugins (MeanFlow, Shortcut, flow maps)
 
 class _VideoFlowMap(Objective):
     """Data clips; the student is the generator's flow map ``F(x, t, t_to)``, its target the same network under
@@ -250,3 +251,44 @@ class Semigroup(_VideoFlowMap):
         loss = semigroup_loss(w, w, clips.teacher_flow(ctx), x0, eps, t, u, s,
                               self.cfg.objective.flowmap_semigroup.diag_weight)
         return loss, {"semigroup_loss": loss.item()}
+
+
+class _DifferentialCondition(_VideoFlowMap):
+    """A flow-map condition with a derivative of the map (``loss``: a pure ``(student, target, teacher, x0, eps,
+    t, s) -> L``), against the frozen teacher's conditional flow; ``(t, s)`` from :func:`map_times`.
+
+    Its target is one ``torch.func.jvp`` through the generator (the ``target`` network, ``sg(theta)``), so the
+    generator's attention needs forward-mode AD (``causal.attention`` ``math`` or ``jvp``, as MeanFlow). The
+    teacher is only evaluated, never differentiated: its attention is free. Both conditions anchor the diagonal
+    themselves (at ``s = t`` the target is ``v(x, t)``), so they have no settings."""
+    networks = ("generator", "teacher")
+    loss: Callable[..., Tensor]
+    metric: str
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        clips.require_jvp_attention(cfg, self.name)
+
+    def generator_loss(self, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
+        x0, eps = clips.data_clips(ctx)
+        clips.require_jvp_attention(self.cfg, self.name, x0.device)
+        t, _, s = clips.on_device(x0, *map_times(x0.shape[0], ctx.rng, ctx.rng.device))
+        w = clips.generator_flow(ctx)
+        loss = self.loss(w, w, clips.teacher_flow(ctx), x0, eps, t, s)
+        return loss, {self.metric: loss.item()}
+
+
+class Lagrangian(_DifferentialCondition):
+    """Lagrangian self-distillation (:func:`lagrangian_loss`): the JVP runs along the generator's end time
+    ``t_to = s``, whose embedding modulates every block, so the tangent passes through the attention."""
+    name = "flowmap_lagrangian"
+    loss = staticmethod(lagrangian_loss)
+    metric = "lagrangian_loss"
+
+
+class Eulerian(_DifferentialCondition):
+    """Eulerian self-distillation (:func:`eulerian_loss`): the JVP runs along the generator's input and time
+    ``(x, t)`` in the direction ``(v_teacher(x, t), 1)``."""
+    name = "flowmap_eulerian"
+    loss = staticmethod(eulerian_loss)
+    metric = "eulerian_loss"

@@ -6,16 +6,24 @@ student sees chunk ``c`` at ``x_{sigma_k(c)}`` through the block-causal full-seq
 the endpoint: ``L = || x0_student - x0_teacher ||^2``. The earlier chunks are attended at their noisy steps too
 (block-causal over the noisy sequence), or, with ``objective.ode_init.clean_context``, as the teacher's clean
 endpoints at t = 0: the context inference attends to.
+
+The pairs file, its reader (``train.data.ODEPairs``, ``objective.ode_init.pairs``), :func:`pairs_of`,
+:func:`endpoint_loss` and :func:`student_denoiser` also serve the couplings ``(x[:, 0], x[:, -1])`` (pure noise at
+sigma 1, the endpoint) of knowledge distillation and Reflow (:mod:`vidforce.objectives.trajectory`).
 """
 from __future__ import annotations
 
 from functools import partial
+from typing import Callable
 
 import torch
 from torch import Tensor
 
+from vidforce.diffusion import x0_from_flow
 from vidforce.objectives.base import Objective, StepContext, text_kv_of
 from vidforce.sampling import Denoiser
+
+Flow = Callable[[Tensor, Tensor], Tensor]
 
 
 def ode_regression_inputs(trajectory: Tensor, sigmas: Tensor, steps: Tensor, chunk: int) -> tuple[Tensor, Tensor]:
@@ -32,14 +40,35 @@ def ode_loss(pred_x0: Tensor, target_x0: Tensor) -> Tensor:
     return (pred_x0.float() - target_x0.float()).square().mean()
 
 
+def endpoint_loss(student: Flow, x: Tensor, sigma: Tensor, target_x0: Tensor) -> Tensor:
+    """Regression onto the teacher's endpoint from ``x`` at ``sigma``: ``|| (x - sigma v_theta(x, sigma)) - x0 ||^2``
+    (mean over elements); ``sigma`` per sample ``[B]`` or per frame ``[B, T]``."""
+    return ode_loss(x0_from_flow(x, student(x, sigma), sigma), target_x0)
+
+
+def pairs_of(ctx: StepContext) -> Tensor:
+    """The step's ODE pairs ``[B, S + 1, T, C, H, W]`` (every ``ode_pairs`` objective reads the file of
+    ``objective.ode_init.pairs``)."""
+    if ctx.batch.trajectory is None:
+        raise ValueError(f"objective.name={ctx.cfg.objective.name} needs ODE pairs: set objective.ode_init.pairs")
+    return ctx.batch.trajectory
+
+
+def student_denoiser(ctx: StepContext, clean: Tensor | None) -> Denoiser:
+    """The generator's block-causal full-sequence forward under the conditional prompt, with grad; with ``clean``
+    ``[B, T, C, H, W]`` (the teacher's endpoints) the earlier chunks are attended as those clean frames at t = 0."""
+    net = ctx.nets.generator.forward_full
+    if clean is not None:
+        net = partial(net, clean=clean, clean_t=torch.zeros(clean.shape[:2], device=clean.device))
+    return Denoiser(net, text_kv_of(ctx, "generator", "cond"))
+
+
 class ODEInit(Objective):
     name = "ode_init"
     data = "ode_pairs"
 
     def generator_loss(self, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
-        traj = ctx.batch.trajectory
-        if traj is None:
-            raise ValueError("objective.name=ode_init needs ODE pairs: set objective.ode_init.pairs")
+        traj = pairs_of(ctx)
         n_steps = traj.shape[1] - 1
         if n_steps != len(ctx.sampler.sigmas):
             raise ValueError(f"ODE pairs hold {n_steps} steps but schedule.denoising_steps has "
@@ -48,10 +77,6 @@ class ODEInit(Objective):
         n_chunks = -(-traj.shape[2] // chunk)
         steps = torch.randint(n_steps, (traj.shape[0], n_chunks), generator=ctx.rng, device=ctx.rng.device)
         x, sigma = ode_regression_inputs(traj, torch.tensor(ctx.sampler.sigmas), steps, chunk)
-        kv = text_kv_of(ctx, "generator", "cond")
-        net = ctx.nets.generator.forward_full
-        if self.cfg.objective.ode_init.clean_context:      # earlier chunks as inference sees them: clean
-            net = partial(net, clean=traj[:, -1], clean_t=torch.zeros_like(sigma))
-        pred = Denoiser(net, kv).x0(x, sigma)
-        loss = ode_loss(pred, traj[:, -1])
+        clean = traj[:, -1] if self.cfg.objective.ode_init.clean_context else None
+        loss = endpoint_loss(student_denoiser(ctx, clean).flow, x, sigma, traj[:, -1])
         return loss, {"ode_loss": loss.item()}
