@@ -206,16 +206,27 @@ class _VideoFlowMap(Objective):
         clips.require_time_to(cfg, self.name)
 
 
-class MeanFlow(_VideoFlowMap):
-    name = "meanflow"
+class _JVPFlowMap(_VideoFlowMap):
+    """A flow map whose target holds a ``torch.func.jvp`` through the generator: its attention needs forward-mode AD
+    (``causal.attention`` ``math`` or ``jvp``), checked at build and, once the device is known, on each step's
+    clips (:meth:`checked_clips`)."""
 
     def __init__(self, cfg):
         super().__init__(cfg)
         clips.require_jvp_attention(cfg, self.name)
 
-    def generator_loss(self, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
+    def checked_clips(self, ctx: StepContext) -> tuple[Tensor, Tensor]:
+        """The step's data clips and noise (:func:`clips.data_clips`), after the device check."""
         x0, eps = clips.data_clips(ctx)
         clips.require_jvp_attention(self.cfg, self.name, x0.device)
+        return x0, eps
+
+
+class MeanFlow(_JVPFlowMap):
+    name = "meanflow"
+
+    def generator_loss(self, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
+        x0, eps = self.checked_clips(ctx)
         t, r = clips.on_device(x0, *meanflow_times(x0.shape[0], self.cfg.objective.meanflow.fm_fraction, ctx.rng,
                                                    ctx.rng.device))
         u = clips.generator_flow(ctx)
@@ -253,7 +264,7 @@ class Semigroup(_VideoFlowMap):
         return loss, {"semigroup_loss": loss.item()}
 
 
-class _DifferentialCondition(_VideoFlowMap):
+class _DifferentialCondition(_JVPFlowMap):
     """A flow-map condition with a derivative of the map (``loss``: a pure ``(student, target, teacher, x0, eps,
     t, s) -> L``), against the frozen teacher's conditional flow; ``(t, s)`` from :func:`map_times`.
 
@@ -265,13 +276,8 @@ class _DifferentialCondition(_VideoFlowMap):
     loss: Callable[..., Tensor]
     metric: str
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        clips.require_jvp_attention(cfg, self.name)
-
     def generator_loss(self, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
-        x0, eps = clips.data_clips(ctx)
-        clips.require_jvp_attention(self.cfg, self.name, x0.device)
+        x0, eps = self.checked_clips(ctx)
         t, _, s = clips.on_device(x0, *map_times(x0.shape[0], ctx.rng, ctx.rng.device))
         w = clips.generator_flow(ctx)
         loss = self.loss(w, w, clips.teacher_flow(ctx), x0, eps, t, s)
