@@ -5,7 +5,7 @@
 # exports come back through $OUT.
 #
 #   bash tools/mini_lease.sh [--limit SECONDS] [--fetch stage,stage] [--models m,m] [--device D] [--smoke]
-#                            [--run DIR] [--set STAGE:KEY=VALUE ...] [--tag NAME] STAGES
+#                            [--run DIR] [--set STAGE:KEY=VALUE ...] [--tag NAME] [--part-bytes N] STAGES
 #
 # --run DIR (default runs/mini) and --set (vidforce mini --set: an ablation arm) let two arms share one GPU:
 #   bash tools/mini_lease.sh ... STAGES & bash tools/mini_lease.sh --run runs/mini-c --set teacher:... STAGES; wait
@@ -20,9 +20,11 @@
 # (carry a clean `git archive` of HEAD as out/snap so helpers' unfinished edits never reach the device).
 # Back in $OUT: <stage>-<shard>.safetensors of every --fetch stage (bf16, <= 16 MiB each),
 # results-videos-<model>.npz and results-probes.tar for --models, and small.tar with every stage's
-# done.json, index and training log (gzipped).
+# done.json, index and training log (gzipped). A file larger than --part-bytes (default 15 MiB: the device
+# returns files of at most 16 MiB; a causal model's 20x-K video cache is ~50 MB) comes back in parts
+# NAME.part-00, NAME.part-01, ...; join them with `cat NAME.part-* > NAME`.
 set -uo pipefail
-limit=530 fetch="" models="" device=cuda smoke="" rundir=runs/mini sets=() tag=""
+limit=530 fetch="" models="" device=cuda smoke="" rundir=runs/mini sets=() tag="" part=$((15 * 1024 * 1024))
 while [ $# -gt 1 ]; do
   case "$1" in
     --run) rundir=$2; shift 2 ;;
@@ -32,11 +34,12 @@ while [ $# -gt 1 ]; do
     --smoke) smoke=--smoke; shift ;;
     --limit) limit=$2; shift 2 ;;
     --fetch) fetch=$2; shift 2 ;;
+    --part-bytes) part=$2; shift 2 ;;
     --models) models=$2; shift 2 ;;
     *) echo "mini_lease.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
-[ $# -eq 1 ] || { echo "usage: mini_lease.sh [--limit S] [--fetch a,b] [--models m,n] [--device D] [--smoke] [--run DIR] [--set S:K=V] [--tag NAME] STAGES" >&2
+[ $# -eq 1 ] || { echo "usage: mini_lease.sh [--limit S] [--fetch a,b] [--models m,n] [--device D] [--smoke] [--run DIR] [--set S:K=V] [--tag NAME] [--part-bytes N] STAGES" >&2
                   exit 2; }
 stages=$1 root=$(pwd) code=$(cd "$(dirname "$0")/.." && pwd) run=$(pwd)/$rundir out=${OUT:-/tmp/out}
 prefix=""
@@ -76,5 +79,10 @@ fi
    [ -f "$d/run/metrics.jsonl" ] && gzip -c "$d/run/metrics.jsonl" > "$d/metrics.jsonl.gz"
  done
  tar -cf "$out/${prefix}small$tag.tar" $(ls -d */done.json */model/*.json */metrics.jsonl.gz 2>/dev/null))
+for f in "$out"/*; do                       # a file over the return limit comes back in parts
+  if [ -f "$f" ] && [ "$(stat -c %s "$f")" -gt "$part" ]; then
+    split -b "$part" -d -a 2 "$f" "$f.part-" && rm "$f"
+  fi
+done
 ls -la "$out"
 exit "$rc"

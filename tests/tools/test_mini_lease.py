@@ -47,10 +47,18 @@ def test_lease_rejects_an_unknown_option(tmp_path):
 @pytest.mark.slow
 def test_an_arm_runs_in_its_own_directory_and_comes_back_prefixed(tmp_path):
     out = tmp_path / "out"
+    part = 64 * 1024                                 # the return limit, shrunk so that the shards go in parts
     arm = lease(tmp_path, out, "--run", "runs/mini-c", "--set", "teacher:train.steps=2", "--fetch", "teacher",
-                "--tag", "t", "world,teacher")
+                "--tag", "t", "--part-bytes", str(part), "world,teacher")
     assert arm.returncode == 0, arm.stdout + arm.stderr
-    assert (out / "mini-c-small-t.tar").is_file() and not list(out.glob("small*.tar"))
-    assert list(out.glob("mini-c-teacher-*.safetensors")) and not (tmp_path / "runs" / "mini").exists()
+    assert not (tmp_path / "runs" / "mini").exists()
+    assert (out / "mini-c-small-t.tar").stat().st_size <= part and not list(out.glob("small*.tar"))
+    shards = sorted((tmp_path / "runs" / "mini-c" / "teacher" / "model").glob("*.safetensors"))
+    assert shards and all(s.stat().st_size > part for s in shards)
+    for shard in shards:                             # every part under the limit; joined, the shard itself
+        name = "mini-c-teacher-" + shard.name.removeprefix("model-")
+        parts = sorted(out.glob(name + ".part-*"))
+        assert len(parts) >= 2 and not (out / name).exists() and all(p.stat().st_size <= part for p in parts)
+        assert b"".join(p.read_bytes() for p in parts) == shard.read_bytes()
     done = (tmp_path / "runs" / "mini-c" / "teacher" / "done.json").read_text()
     assert '"set": [\n  "train.steps=2"\n ]' in done and '"steps": 2' in done
