@@ -12,8 +12,11 @@ of the same noise ("teacher ODE"); "RMS to teacher endpoint": per-coordinate RMS
 ODE endpoint of its own noise (the coupling a student was asked to keep). KD samples in one step; the teacher, the
 Reflow rounds and the progressive students with their Euler sampler on the uniform grid. Progressive distillation
 halves the teacher's 64 Euler steps round by round (``--round-steps`` optimisation steps each,
-:mod:`vidforce.toy.progressive_train`); its 4-, 2- and 1-step students are reported. Guided distillation has no row:
-the harness has no conditional teacher.
+:mod:`vidforce.toy.progressive_train`); its 4-, 2- and 1-step students are reported. Guided distillation (stage 1: the
+CFG teacher's ``v_u + 2 (v_c - v_u)`` in one call, then the same progressive rounds from it) runs on the ring split
+into two classes of alternating modes (``LabelledGMM``) with a CFG teacher of its own, in a second table: its
+reference is the guided teacher's 64-step samples of the same noise and class (guided samples are not the data
+distribution), SW2 the mean over the classes; calls = network calls per sample.
 """
 from __future__ import annotations
 
@@ -27,12 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tools.zoo_common import harness_parser, write_page  # noqa: E402
 from vidforce.toy import metrics  # noqa: E402
 from vidforce.toy.gmm import GMM  # noqa: E402
-from vidforce.toy.progressive_train import RoundsConfig, train_progressive  # noqa: E402
+from vidforce.toy.progressive_train import RoundsConfig, guided_rows, train_progressive  # noqa: E402
 from vidforce.toy.train import HarnessConfig, euler_sample, train_teacher  # noqa: E402
 from vidforce.toy import trajectory_train  # noqa: E402
 from vidforce.toy.trajectory_train import CouplingConfig, couplings, kd_sample, reflow_rounds, train_kd  # noqa: E402
 
-OBJECTIVES = (*trajectory_train.OBJECTIVES, "progressive")
+OBJECTIVES = (*trajectory_train.OBJECTIVES, "progressive", "guided")
 
 KD_MARGIN = 3.0        # pre-registered: KD 1-step SW2 at least 3x below the teacher's 1-step Euler
 REFLOW_MARGIN = 2.0    # pre-registered: each Reflow round's 1- and 2-step SW2 at least 2x below the teacher's
@@ -87,7 +90,29 @@ def rows(args) -> tuple[list[str], dict]:
         for steps in (4, 2, 1):
             add("progressive", steps, euler_sample(students[steps][0], noise, steps),
                 f"{total:.1f} (all rounds)" if steps == 4 else "")
+    if "guided" in args.objectives:
+        res["guided"] = guided_rows(args.teacher_steps, args.steps, args.n, args.seed, args.round_steps)
     return out, res
+
+
+def guided_table(rows: list[tuple[str, int, float, int, float]]) -> list[str]:
+    """The guided rows (:func:`guided_rows`) as their own table, and the reading of its 1- and 2-step rows."""
+    lines = ["", "Guided distillation (two classes, w = 2 in the `uncond` convention):", "",
+             "| row | steps | SW2 to the guided teacher (64 steps) | calls / sample | train s |",
+             "|---|---|---|---|---|"]
+    shown = set()
+    for name, steps, d, calls, secs in rows:
+        lines.append(f"| {name} | {steps} | {d:.4f} | {calls} | {'' if name in shown else f'{secs:.1f}'} |")
+        shown.add(name)
+    at = {(name, steps): d for name, steps, d, _, _ in rows}
+    if ("guided + progressive", 1) in at:
+        g1, g2 = at[("teacher (guided Euler)", 1)], at[("teacher (guided Euler)", 2)]
+        p1, p2 = at[("guided + progressive", 1)], at[("guided + progressive", 2)]
+        lines += ["", f"- guided + progressive: 1 step (1 call) {p1:.4f} = {g1 / p1:.1f}x below the guided teacher's "
+                  f"1-step Euler (2 calls), 2 steps {p2:.4f} = {g2 / p2:.1f}x below its 2-step Euler; the stage-1 "
+                  f"student alone at 64 steps is {at[('guided student', 64)]:.4f} from the guided teacher (the "
+                  f"unguided teacher: {at[('teacher (unguided Euler)', 64)]:.4f})"]
+    return lines
 
 
 def verdict(res: dict, args) -> list[str]:
@@ -112,13 +137,13 @@ def verdict(res: dict, args) -> list[str]:
         lines.append(f"- progressive: 1-step SW2 {d1:.4f} = {e1 / d1:.1f}x below Euler-1, 2-step {d2:.4f} = "
                      f"{e2 / d2:.1f}x below Euler-2: {'meets' if ok else 'MISSES'} the target (both >= "
                      f"{PROGRESSIVE_MARGIN:g}x below the teacher's Euler at the same steps)")
-    return lines
+    return lines + (guided_table(res["guided"]) if "guided" in res else [])
 
 
 def main() -> int:
     args = parser().parse_args()
     table, res = rows(args)
-    write_page(args, "Trajectory distillation (KD, Reflow, progressive) on the ground-truth harness",
+    write_page(args, "Trajectory distillation (KD, Reflow, progressive, guided) on the ground-truth harness",
                "zoo_trajectory_table.py",
                "| objective | steps | SW2 to data | SW2 to teacher ODE | RMS to teacher endpoint | train s |", table,
                verdict(res, args))

@@ -67,7 +67,8 @@ def test_reflow_rounds_chain_their_couplings_and_beat_one_step_euler(setup, monk
 
 def test_table_tool_writes_every_row_and_verdict(tmp_path, monkeypatch, capsys):
     """tools/zoo_trajectory_table.py at toy lengths: the page holds the command, a row per objective and step count
-    (KD 1; Reflow rounds 1 / 2 / 4; progressive 4 / 2 / 1) and one verdict line per method."""
+    (KD 1; Reflow rounds 1 / 2 / 4; progressive 4 / 2 / 1), the guided table (teacher, stage-1 student, progressive
+    from it) and one verdict line per method."""
     import importlib.util  # noqa: PLC0415
     root = Path(__file__).resolve().parents[2]
     spec = importlib.util.spec_from_file_location("zoo_trajectory_table", root / "tools" / "zoo_trajectory_table.py")
@@ -80,9 +81,15 @@ def test_table_tool_writes_every_row_and_verdict(tmp_path, monkeypatch, capsys):
     assert tool.main() == 0
     text = out.read_text()
     assert "`python tools/zoo_trajectory_table.py --steps 2" in text
-    rows = [line.split(" | ")[:2] for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
-    assert rows == [["| teacher (Euler)", s] for s in ("1", "2", "4", "64")] + [["| kd", "1"]] + \
+    main_table, guided = text.split("Guided distillation (two classes")
+
+    def rows(part):
+        return [line.split(" | ")[:2] for line in part.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert rows(main_table) == [["| teacher (Euler)", s] for s in ("1", "2", "4", "64")] + [["| kd", "1"]] + \
         [["| reflow round 1", s] for s in ("1", "2", "4")] + [["| progressive", s] for s in ("4", "2", "1")]
-    for method in ("- kd:", "- reflow round 1:", "- progressive:"):
+    assert rows(guided) == [["| teacher (guided Euler)", s] for s in ("1", "2", "4", "64")] + \
+        [["| teacher (unguided Euler)", "64"]] + [["| guided student", s] for s in ("1", "2", "4", "64")] + \
+        [["| guided + progressive", s] for s in ("4", "2", "1")]
+    for method in ("- kd:", "- reflow round 1:", "- progressive:", "- guided + progressive:"):
         assert sum(line.startswith(method) for line in text.splitlines()) == 1, method
     capsys.readouterr()

@@ -11,6 +11,11 @@ Data: ``x0 ~ sum_k pi_k N(m_k, c_k^2 I)`` in ``D`` dimensions. Given the compone
 over components is ``w_k(x_s) ~ pi_k N(x_s; (1 - s) m_k, v_k I)``. The exact velocity is
 ``u(x, s) = E[eps - x0 | x_s = x] = sum_k w_k (E[eps | x, k] - E[x0 | x, k])`` and the oracle flow map
 ``Phi(x, t -> s)`` solves ``dx/ds = u(x, s)`` from ``t`` to ``s`` with RK4 in float64.
+
+Class-conditional data (:class:`LabelledGMM`): component ``k`` has class ``k mod C``, so class ``c`` is the
+sub-mixture ``p(x0 | c)`` of its components with weights ``pi_k / pi_c`` (``pi_c``: their total), and
+``p(x0) = sum_c pi_c p(x0 | c)`` is the whole mixture. Both flows are then the formula above: the conditional
+``u_c = E[eps - x0 | x_s = x, c]`` is the sub-mixture's :meth:`GMM.velocity`, the unconditional the mixture's.
 """
 from __future__ import annotations
 
@@ -43,11 +48,15 @@ class GMM:
     def dim(self) -> int:
         return self.means.shape[1]
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """``n`` data points ``[n, D]`` (float64)."""
+    def sample_components(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """``n`` data points ``[n, D]`` (float64) and their components ``k [n]``."""
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
-        return self.means[k] + self.stds[k, None] * z
+        return self.means[k] + self.stds[k, None] * z, k
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` data points ``[n, D]`` (float64)."""
+        return self.sample_components(n, generator)[0]
 
     def _posterior(self, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Per-component ``w [B, K]``, centred ``d = x - (1 - s) m_k [B, K, D]`` and ``v [B, K]``."""
@@ -86,3 +95,20 @@ class GMM:
             y = y + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
             r = r + h[:, 0]
         return y
+
+
+@dataclass
+class LabelledGMM(GMM):
+    """A :class:`GMM` whose component ``k`` has class ``k mod classes`` (``LabelledGMM.ring()``: the 8-mode ring
+    in 2 classes of 4 alternating modes). Its own flow is the unconditional one."""
+    classes: int = 2
+
+    def part(self, c: int) -> GMM:
+        """Class ``c``'s data ``p(x0 | c)``: its components, weights renormalised (its velocity is ``u_c``)."""
+        k = torch.arange(c, self.means.shape[0], self.classes)
+        return GMM(self.means[k], self.stds[k], self.weights[k] / self.weights[k].sum())
+
+    def sample_labelled(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """``n`` data points ``[n, D]`` (float64) and their classes ``[n]`` (long), drawn jointly."""
+        x, k = self.sample_components(n, generator)
+        return x, k % self.classes

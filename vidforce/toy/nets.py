@@ -1,7 +1,9 @@
 """Small networks of the harness with the DiT's denoiser contract (``vidforce.sampling.Denoiser``).
 
 ``net(x [B, D], t [B], text_kv=None, t_to=None) -> flow [B, D]``: ``t = 1000 sigma``; ``t_to`` is the second
-time of a flow map (CTM's ``G(x, t, s)``); ``text_kv`` is accepted and ignored (unconditional data).
+time of a flow map (CTM's ``G(x, t, s)``); ``text_kv`` is accepted and ignored (unconditional data), except by a
+class-conditional MLP (``classes > 0``), for which it is the class label ``[B]`` (long; :meth:`MLPDenoiser.null`
+the unconditional branch of classifier-free guidance).
 
 The MLP embeds the sigma ``s = t / 1000`` itself (sCM's identity time transformation ``c_noise(s) = s``), so
 every embedding feature has ``|d emb / ds| <= 1``. The objectives that differentiate the network in time
@@ -29,16 +31,25 @@ def sinusoidal(s: Tensor, dim: int) -> Tensor:
 
 class MLPDenoiser(nn.Module):
     """``x`` and the time embedding(s) concatenated, ``depth`` SiLU layers of ``width``, a linear flow head.
-    With ``two_times`` the network also embeds ``t_to`` (default ``t_to = t``: the instantaneous flow)."""
+    With ``two_times`` the network also embeds ``t_to`` (default ``t_to = t``: the instantaneous flow); with
+    ``classes > 0`` it also concatenates a learned embedding of the label ``text_kv`` in ``0 .. classes``, the last
+    one the null label (``classes = 0`` builds and runs exactly the unconditional network)."""
 
-    def __init__(self, dim: int = 2, width: int = 128, depth: int = 3, embed: int = 32, two_times: bool = False):
+    def __init__(self, dim: int = 2, width: int = 128, depth: int = 3, embed: int = 32, two_times: bool = False,
+                 classes: int = 0):
         super().__init__()
-        self.embed, self.two_times = embed, two_times
-        layers, n_in = [], dim + embed * (2 if two_times else 1)
+        self.embed, self.two_times, self.classes = embed, two_times, classes
+        layers, n_in = [], dim + embed * (2 if two_times else 1) + (embed if classes else 0)
         for _ in range(depth):
             layers += [nn.Linear(n_in, width), nn.SiLU()]
             n_in = width
         self.body = nn.Sequential(*layers, nn.Linear(width, dim))
+        if classes:
+            self.label = nn.Embedding(classes + 1, embed)
+
+    def null(self, labels: Tensor) -> Tensor:
+        """The null label (the unconditional branch) in the shape of ``labels``."""
+        return torch.full_like(labels, self.classes)
 
     def forward(self, x: Tensor, t: Tensor, text_kv=None, t_to: Tensor | None = None) -> Tensor:
         s = t.to(x.dtype).expand(x.shape[0]) / NUM_TRAIN_TIMESTEPS
@@ -48,6 +59,8 @@ class MLPDenoiser(nn.Module):
             feats.append(sinusoidal(s_to, self.embed))
         elif t_to is not None:
             raise ValueError("this MLPDenoiser has one time input: build it with two_times=True for t_to")
+        if self.classes:
+            feats.append(self.label(text_kv.expand(x.shape[0])))
         return self.body(torch.cat(feats, dim=-1))
 
 

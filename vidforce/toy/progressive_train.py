@@ -7,9 +7,13 @@ of it, and becomes round ``k + 1``'s teacher (frozen), down to ``final_steps``. 
 uniform step of its grid ``euler_grid(N, 1)`` (the harness sampler's), ``x_t`` a noised data draw, and every student
 samples with the teacher's Euler sampler at its own step count (:func:`sample`).
 
-Guided distillation has no harness row: the harness data are one unconditional mixture (:class:`MLPDenoiser` ignores
-``text_kv``), so there is no conditional / unconditional teacher pair whose guided field ``v_u + w (v_c - v_u)`` a
-student could learn. Its pure loss is tested against closed-form fields (``tests/objectives/test_progressive.py``).
+Guided distillation runs on the class-conditional ring (:class:`LabelledGMM`: 2 classes of 4 alternating modes) with
+its classifier-free-guidance teacher (``train_teacher``: label dropout ``CFG_DROP``). Stage 1 (:func:`train_guided`):
+a copy of the teacher, conditioned on the class, learns the teacher's guided flow ``v_u + w (v_c - v_u)`` at
+``GUIDANCE`` (``w = 2``, ``uncond`` convention) in one call with ``guided_loss``, ``x_t`` a noised draw of the class;
+stage 2: progressive rounds from it (class-conditional, one call per step). The guided teacher's samples are not the
+data (CFG is not the flow of a distribution), so :func:`guided_rows` scores every sampler against the teacher's own
+``RoundsConfig.teacher_steps``-step guided Euler samples of the same noise and classes.
 """
 from __future__ import annotations
 
@@ -20,9 +24,13 @@ import torch
 from torch import Tensor
 
 from vidforce.objectives import progressive as P
-from vidforce.toy.gmm import GMM
+from vidforce.sampling import Guidance
+from vidforce.toy import metrics
+from vidforce.toy.gmm import GMM, LabelledGMM
 from vidforce.toy.nets import MLPDenoiser
-from vidforce.toy.train import HarnessConfig, _draw, _optimise, euler_sample, flow_of
+from vidforce.toy.train import HarnessConfig, _draw_labelled, _optimise, euler_sample, flow_of, train_teacher
+
+GUIDANCE = Guidance(2.0)      # the guided teacher: v_u + 2 (v_c - v_u)
 
 
 @dataclass
@@ -49,15 +57,14 @@ class RoundsConfig:
 
 def train_round(teacher: MLPDenoiser, student_steps: int, gmm: GMM, h: HarnessConfig, steps: int,
                 g: torch.Generator) -> tuple[MLPDenoiser, float]:
-    """One round: a copy of ``teacher`` learns in ``student_steps`` Euler steps what ``teacher`` does in twice as many.
-    Returns the student and its wall seconds."""
+    """One round: a copy of ``teacher`` learns in ``student_steps`` Euler steps what ``teacher`` does in twice as many
+    (both of the draw's class on a :class:`LabelledGMM`). Returns the student and its wall seconds."""
     net = copy.deepcopy(teacher).requires_grad_(True)
-    t_flow = flow_of(teacher)
 
     def loss_at(k):
-        x0, eps = _draw(gmm, h.batch, g)
+        x0, eps, c = _draw_labelled(gmm, h.batch, g)
         t, t_mid, t_end = P.student_times(h.batch, student_steps, 1.0, g)
-        return P.progressive_loss(flow_of(net), t_flow, x0, eps, t, t_mid, t_end)
+        return P.progressive_loss(flow_of(net, c), flow_of(teacher, c), x0, eps, t, t_mid, t_end)
     return net, _optimise(net, steps, h.lr, loss_at)
 
 
@@ -79,3 +86,54 @@ def train_progressive(teacher: MLPDenoiser, gmm: GMM, h: HarnessConfig,
 def sample(net: MLPDenoiser, noise: Tensor, steps: int) -> Tensor:
     """A student's (or the teacher's) Euler samples in ``steps`` steps on ``euler_grid(steps, 1)``."""
     return euler_sample(net, noise, steps)
+
+
+def train_guided(teacher: MLPDenoiser, gmm: LabelledGMM, h: HarnessConfig, steps: int,
+                 guidance: Guidance = GUIDANCE) -> tuple[MLPDenoiser, float]:
+    """Stage 1: a copy of the class-conditional ``teacher`` (frozen) learns its guided flow in one call,
+    ``|| v_S(x_t, t; c) - sg(v_u + w (v_c - v_u)) ||^2``, ``(x0, c)`` a labelled draw, ``t ~ U[0, 1]``
+    (``guided_loss``). Returns the student and its wall seconds."""
+    teacher.requires_grad_(False)
+    net, g = copy.deepcopy(teacher).requires_grad_(True), torch.Generator().manual_seed(h.seed + 7)
+
+    def loss_at(k):
+        x0, eps, c = _draw_labelled(gmm, h.batch, g)
+        t = torch.rand(h.batch, generator=g)
+        return P.guided_loss(flow_of(net, c), flow_of(teacher, c), flow_of(teacher, teacher.null(c)), x0, eps, t,
+                             guidance.scale, guidance.convention)
+    return net, _optimise(net, steps, h.lr, loss_at)
+
+
+def guided_rows(teacher_steps: int, steps: int, n: int, seed: int, round_steps: int | None = None,
+                guidance: Guidance = GUIDANCE) -> list[tuple[str, int, float, int, float]]:
+    """``(name, steps, sw2, calls per sample, train seconds)``: the guided teacher's Euler (2 calls a step) and the
+    stage-1 student's (1 call) at 1 / 2 / 4 / ``RoundsConfig.teacher_steps`` steps, the unguided (conditional)
+    teacher's at ``RoundsConfig.teacher_steps`` (how far guidance moves the samples), and with ``round_steps`` the
+    progressive students from it at 4 / 2 / 1. ``sw2``: the mean over classes of the sliced W2 of each class's
+    ``n / classes`` samples against the guided teacher's ``RoundsConfig.teacher_steps``-step samples of the same
+    noise and class (the reference row scores 0 by construction). ``teacher_steps`` / ``steps``: optimisation steps
+    of the teacher / the stage-1 student."""
+    gmm, h = LabelledGMM.ring(), HarnessConfig(teacher_steps=teacher_steps, seed=seed)
+    ref_steps = RoundsConfig().teacher_steps
+    g = torch.Generator().manual_seed(seed + 10)
+    noise, labels = torch.randn(n, gmm.dim, generator=g), torch.arange(n) % gmm.classes
+    teacher, t_secs = train_teacher(gmm, h)
+    ref = euler_sample(teacher, noise, ref_steps, labels, guidance)
+
+    def sw2(x: Tensor) -> float:
+        return sum(metrics.sliced_w2(x[labels == c], ref[labels == c]) for c in range(gmm.classes)) / gmm.classes
+
+    student, s_secs = train_guided(teacher, gmm, h, steps, guidance)
+    out = []
+    for k in (1, 2, 4, ref_steps):
+        out.append(("teacher (guided Euler)", k, sw2(euler_sample(teacher, noise, k, labels, guidance)), 2 * k, t_secs))
+    out.append(("teacher (unguided Euler)", ref_steps, sw2(euler_sample(teacher, noise, ref_steps, labels)), ref_steps,
+                t_secs))
+    for k in (1, 2, 4, ref_steps):
+        out.append(("guided student", k, sw2(euler_sample(student, noise, k, labels)), k, s_secs))
+    if round_steps:
+        rounds = train_progressive(student, gmm, h, RoundsConfig(steps=round_steps))
+        secs = sum(s for _, s in rounds.values())
+        for k in (4, 2, 1):
+            out.append(("guided + progressive", k, sw2(euler_sample(rounds[k][0], noise, k, labels)), k, secs))
+    return out

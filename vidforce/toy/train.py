@@ -4,7 +4,9 @@ Every objective calls the same pure loss as its video plugin (``vidforce.objecti
 settings of its config section (``ObjectiveConfig.cd`` ...). Networks are :class:`MLPDenoiser` called through
 ``vidforce.sampling.Denoiser``; targets are ``sg(theta)`` (the same parameters, detached). CT and the
 teacher start from scratch, CD / LCM / sCM from the teacher, CTM from the teacher with a zero-initialised
-second time embedding (so it starts as the Euler jump ``x - (t - s) v(x, t)``).
+second time embedding (so it starts as the Euler jump ``x - (t - s) v(x, t)``). On class-conditional data
+(:class:`LabelledGMM`) the teacher is a classifier-free-guidance teacher: trained on each draw's class, replaced by
+the null label with probability ``CFG_DROP``.
 """
 from __future__ import annotations
 
@@ -20,10 +22,11 @@ from vidforce.diffusion import add_noise, renoise
 from vidforce.objectives import consistency as C
 from vidforce.objectives.flowmap import map_times
 from vidforce.sampling import Denoiser, Guidance, euler, euler_grid
-from vidforce.toy.gmm import GMM
+from vidforce.toy.gmm import GMM, LabelledGMM
 from vidforce.toy.nets import MLPDenoiser
 
 OBJECTIVES = ("cd", "ct", "lcm", "scm", "ctm")
+CFG_DROP = 0.1                # label dropout of a class-conditional teacher
 
 
 @dataclass
@@ -38,9 +41,12 @@ class HarnessConfig:
     seed: int = 0
 
 
-def flow_of(net) -> C.Flow:
-    """``flow(x [B, D], s [B]) -> v`` through the denoiser contract."""
-    return lambda x, s: Denoiser(net, None).flow(x, s)
+def flow_of(net, labels: Tensor | None = None, guidance: Guidance = Guidance()) -> C.Flow:
+    """``flow(x [B, D], s [B]) -> v`` through the denoiser contract; for a class-conditional ``net``, of the classes
+    ``labels [B]``, guided ``v_u + w (v_c - v_u)`` against its null label (two calls) unless ``guidance`` is
+    unguided."""
+    uncond = None if guidance.unguided else net.null(labels)
+    return lambda x, s: Denoiser(net, labels, uncond, guidance).flow(x, s)
 
 
 def flow2_of(net) -> C.Flow2:
@@ -71,15 +77,27 @@ def _draw(gmm: GMM, n: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
     return gmm.sample(n, g).float(), torch.randn(n, gmm.dim, generator=g)
 
 
+def _draw_labelled(gmm: GMM, n: int, g: torch.Generator) -> tuple[Tensor, Tensor, Tensor | None]:
+    """:func:`_draw` and the draws' classes ``[n]`` (``None`` unless ``gmm`` is a :class:`LabelledGMM`)."""
+    if not isinstance(gmm, LabelledGMM):
+        return *_draw(gmm, n, g), None
+    x0, c = gmm.sample_labelled(n, g)
+    return x0.float(), torch.randn(n, gmm.dim, generator=g), c
+
+
 def train_teacher(gmm: GMM, h: HarnessConfig) -> tuple[MLPDenoiser, float]:
-    """Flow matching ``|| v(x_s, s) - (eps - x0) ||^2``, ``s ~ U[0, 1]``."""
+    """Flow matching ``|| v(x_s, s) - (eps - x0) ||^2``, ``s ~ U[0, 1]``; on a :class:`LabelledGMM`, of the class
+    of ``x0`` (the null label with probability ``CFG_DROP``)."""
     torch.manual_seed(h.seed)
-    net, g = MLPDenoiser(gmm.dim, h.width, h.depth), torch.Generator().manual_seed(h.seed)
+    classes = gmm.classes if isinstance(gmm, LabelledGMM) else 0
+    net, g = MLPDenoiser(gmm.dim, h.width, h.depth, classes=classes), torch.Generator().manual_seed(h.seed)
 
     def loss_at(k):
-        x0, eps = _draw(gmm, h.batch, g)
+        x0, eps, c = _draw_labelled(gmm, h.batch, g)
+        if classes:
+            c = torch.where(torch.rand(h.batch, generator=g) < CFG_DROP, net.null(c), c)
         s = torch.rand(h.batch, generator=g)
-        return (flow_of(net)(add_noise(x0, eps, s), s) - (eps - x0)).square().mean()
+        return (flow_of(net, c)(add_noise(x0, eps, s), s) - (eps - x0)).square().mean()
     return net, _optimise(net, h.teacher_steps, h.teacher_lr, loss_at)
 
 
@@ -154,9 +172,10 @@ def _full(s: float, x: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def euler_sample(net, noise: Tensor, steps: int) -> Tensor:
-    """The teacher's Euler ODE on ``euler_grid(steps, 1)``."""
-    flow = flow_of(net)
+def euler_sample(net, noise: Tensor, steps: int, labels: Tensor | None = None,
+                 guidance: Guidance = Guidance()) -> Tensor:
+    """The teacher's Euler ODE on ``euler_grid(steps, 1)`` (:func:`flow_of` ``labels``, ``guidance``)."""
+    flow = flow_of(net, labels, guidance)
     return euler(lambda x, s: flow(x, _full(s, x)), noise, euler_grid(steps, 1.0))[0]
 
 
