@@ -52,6 +52,8 @@ class ModelConfig:
     time_to: bool = False           # second time input t_to of a flow map (ctm, meanflow, shortcut,
                                     # flowmap_lagrangian, flowmap_eulerian, flowmap_semigroup): a
                                     # zero-initialised embedding of t - t_to
+    guidance_input: bool = False    # guidance scale input w (a w-conditioned guided student, objective.guided):
+                                    # a zero-initialised embedding of w; sampled at objective.guidance.scale
 
 
 @dataclass
@@ -234,6 +236,9 @@ class ProgressiveConfig:
 class GuidedConfig(FlowLossConfig):
     """Guided distillation, stage 1: the teacher's CFG at ``objective.guidance`` (two calls) regressed into the
     generator's one conditional call; stage 2 is ``progressive`` rounds from its export."""
+    w_range: list[float] = field(default_factory=lambda: [1.0, 4.0]) # [lo, hi] of the per-sample scale w of a
+                                    # w-conditioned generator (model.guidance_input; the convention of
+                                    # objective.guidance), drawn uniformly; without the input the scale is baked
 
 
 @dataclass
@@ -602,6 +607,9 @@ def validate(cfg: VidforceConfig) -> VidforceConfig:
     for key in ("objective.meanflow.fm_fraction", "objective.shortcut.fraction", "objective.ctm.gamma"):
         if not 0 <= _get(cfg, key) <= 1:
             raise ValueError(f"{key} must be in [0, 1], got {_get(cfg, key)}")
+    w_range = cfg.objective.guided.w_range
+    if len(w_range) != 2 or not w_range[0] <= w_range[1]:
+        raise ValueError(f"objective.guided.w_range must be [lo, hi] with lo <= hi, got {list(w_range)}")
     if cfg.objective.grpo.group_size < 2:
         raise ValueError(f"objective.grpo.group_size must be >= 2 (advantages are normalised within a group), "
                          f"got {cfg.objective.grpo.group_size}")
@@ -746,4 +754,4 @@ def arch_of(m: ModelConfig):
     return WanArch(dim=m.dim, ffn_dim=m.ffn_dim, num_heads=m.num_heads, num_layers=m.num_layers,
                    text_dim=m.text_dim, freq_dim=m.freq_dim, in_dim=m.in_dim, out_dim=m.out_dim,
                    patch_size=tuple(m.patch_size), text_len=m.text_len, cross_attn_norm=m.cross_attn_norm,
-                   eps=m.eps, rope_max_len=m.rope_max_len, time_to=m.time_to)
+                   eps=m.eps, rope_max_len=m.rope_max_len, time_to=m.time_to, guidance_input=m.guidance_input)

@@ -139,7 +139,7 @@ def build(cfg, compile_blocks: bool) -> Parts:
         model.compile_blocks(dynamic=False)
     codec = components.codec(cfg, device, dtype)
     runner = GraphedChunks(model, capture=device.type == "cuda") if cfg.stream.cuda_graphs else None
-    return Parts(model, codec, components.text_encoder(cfg, device), Sampler.from_config(cfg.schedule),
+    return Parts(model, codec, components.text_encoder(cfg, device), Sampler.for_generator(cfg),
                  (cfg.data.latent_height, cfg.data.latent_width), device, dtype, runner, cfg.stream.fused_refresh,
                  cfg.stream.overlap_decode)
 

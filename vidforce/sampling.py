@@ -5,7 +5,9 @@ Conventions (docs/architecture.md, Wan flow matching): ``x_t = (1 - s) x0 + s ep
 
 - :class:`Denoiser` turns a network call into flow / x0 / eps predictions at per-frame sigmas, with
   classifier-free guidance (:class:`Guidance`, both published conventions) and room for a second time
-  (``sigma_to``: the end time of a flow map, forwarded to the network as ``t_to``).
+  (``sigma_to``: the end time of a flow map, forwarded to the network as ``t_to``) and a guidance scale input
+  (``w``: forwarded as ``guidance [B]`` to a ``w``-conditioned network, ``model.guidance_input``; a float is
+  filled per sample).
 - :func:`euler` is the (guided) probability-flow ODE sampler ``x <- x + (s' - s) v(x, s)`` on a sigma grid
   (:func:`euler_grid`, :func:`ode_grid`): the teacher's sampler, its ODE pairs, the data baselines.
 - :class:`Sampler` + :func:`denoise_chunk` / :func:`refresh_cache` / :func:`chunk_step` are the chunk
@@ -21,7 +23,7 @@ Forcing's code); ``context_noise = 0`` writes the clean output.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Callable
 
@@ -82,22 +84,26 @@ class Denoiser:
     Guidance applies in the space of the prediction asked for (flow for :meth:`flow`, x0 for :meth:`x0`):
     the two are affine in each other at fixed ``x_t, sigma``, so either is the same guided field.
     ``out_dtype``: cast the network's output before anything is combined (e.g. fp32 ODE solves of a bf16
-    teacher); ``None`` keeps the network's dtype.
+    teacher); ``None`` keeps the network's dtype. ``w``: the guidance scale input of a ``w``-conditioned network
+    (a float, or per sample ``[B]``), given to every call (both CFG branches); ``None``: the network has none.
     """
 
     def __init__(self, net: Callable[..., Tensor], text_kv, uncond_kv=None, guidance: Guidance = Guidance(), *,
                  out_dtype: torch.dtype | None = None, uncond_net: Callable[..., Tensor] | None = None,
-                 **net_kwargs):
+                 w: float | Tensor | None = None, **net_kwargs):
         if not guidance.unguided and uncond_kv is None:
             raise ValueError("guided denoising needs the unconditional text K/V")
         self.net, self.text_kv, self.uncond_kv, self.guidance = net, text_kv, uncond_kv, guidance
         self.uncond_net = net if uncond_net is None else uncond_net     # a causal model's own uncond cache
-        self.out_dtype, self.net_kwargs = out_dtype, net_kwargs
+        self.out_dtype, self.w, self.net_kwargs = out_dtype, w, net_kwargs
 
     def _call(self, net, x: Tensor, sigma: Tensor | float, text_kv, sigma_to: Tensor | float | None) -> Tensor:
         extra = dict(self.net_kwargs)
         if sigma_to is not None:
             extra["t_to"] = timesteps(sigma_to, x)
+        if self.w is not None:
+            extra["guidance"] = (self.w if isinstance(self.w, Tensor)
+                                 else torch.full(x.shape[:1], self.w, device=x.device, dtype=torch.float32))
         v = net(x, timesteps(sigma, x), text_kv=text_kv, **extra)
         return v if self.out_dtype is None else v.to(self.out_dtype)
 
@@ -159,11 +165,14 @@ class Sampler:
     refresh sigma of the context pass, the ``solver``: ``few_step`` (x0 prediction, then fresh noise to
     the next sigma: Self Forcing) or ``euler`` (an ODE solve whose ``sigmas`` end at 0), and the CFG of the
     causal model itself (``guidance``; guided sampling keeps a second cache written under the negative
-    prompt: ``cache`` and ``text_kv`` are then ``(cond, uncond)`` pairs, see :func:`chunk_denoiser`)."""
+    prompt: ``cache`` and ``text_kv`` are then ``(cond, uncond)`` pairs, see :func:`chunk_denoiser`). ``w``: the
+    guidance scale input of a ``w``-conditioned generator (``model.guidance_input``), given to every forward
+    (denoising steps and refreshes); ``None`` for a generator without it."""
     sigmas: tuple[float, ...]
     context_sigma: float = 0.0
     solver: str = "few_step"
     guidance: Guidance = Guidance()
+    w: float | None = None
 
     def __post_init__(self):
         if self.solver not in SOLVERS:
@@ -178,6 +187,14 @@ class Sampler:
         steps = warp_steps(schedule.denoising_steps, schedule.shift) if schedule.warp else schedule.denoising_steps
         return cls(tuple(float(t) / NUM_TRAIN_TIMESTEPS for t in steps),
                    float(schedule.context_noise) / NUM_TRAIN_TIMESTEPS)
+
+    @classmethod
+    def for_generator(cls, cfg) -> "Sampler":
+        """The generator's few-step sampler (:meth:`from_config` of ``cfg.schedule``; training rollouts, drift,
+        ``vidforce generate`` / ``serve``): a ``w``-conditioned generator (``model.guidance_input``) samples at
+        ``w = objective.guidance.scale`` (its convention, as the ``guided`` objective trained it)."""
+        w = float(cfg.objective.guidance.scale) if cfg.model.guidance_input else None
+        return replace(cls.from_config(cfg.schedule), w=w)
 
     @property
     def last(self) -> int:
@@ -195,22 +212,23 @@ class PendingRefresh:
 
 
 def chunk_denoiser(model, cache, start: int, text_kv, write: bool, guidance: Guidance = Guidance(),
-                   pending: PendingRefresh | None = None) -> Denoiser:
+                   pending: PendingRefresh | None = None, w: float | None = None) -> Denoiser:
     """The causal model's chunk call at frames ``[start, start + F)`` on ``cache`` as a :class:`Denoiser`.
     Guided: ``cache`` = (cond cache, uncond cache) and ``text_kv`` = (cond, uncond); each branch attends its
     own cache, the context as written under its own prompt. ``pending`` (unguided only): written first, in the
-    same forward."""
+    same forward. ``w``: the guidance scale input of a ``w``-conditioned model (:attr:`Sampler.w`)."""
     if pending is not None:
         if not guidance.unguided or pending.start + pending.x.shape[1] != start:
             raise ValueError(f"a pending refresh (frames from {pending.start}) fuses only into the unguided "
                              f"forward of the chunk right after it, not one at frame {start}")
         return Denoiser(partial(model.forward_chunk, cache=cache, start=start, write=write,
-                                pending=(pending.x, pending.t)), text_kv)
+                                pending=(pending.x, pending.t)), text_kv, w=w)
     if guidance.unguided:
-        return Denoiser(partial(model.forward_chunk, cache=cache, start=start, write=write), text_kv)
+        return Denoiser(partial(model.forward_chunk, cache=cache, start=start, write=write), text_kv, w=w)
     (cond_cache, uncond_cache), (cond_kv, uncond_kv) = cache, text_kv
     return Denoiser(partial(model.forward_chunk, cache=cond_cache, start=start, write=write), cond_kv, uncond_kv,
-                    guidance, uncond_net=partial(model.forward_chunk, cache=uncond_cache, start=start, write=write))
+                    guidance, uncond_net=partial(model.forward_chunk, cache=uncond_cache, start=start, write=write),
+                    w=w)
 
 
 def denoise_chunk(model, noise: Tensor, cache, start: int, text_kv, sampler: Sampler, exit_index: int,
@@ -233,15 +251,17 @@ def denoise_chunk(model, noise: Tensor, cache, start: int, text_kv, sampler: Sam
             raise ValueError("the euler and the guided chunk samplers run every step without grad")
     if sampler.solver == "euler":
         with torch.no_grad():
-            return euler(chunk_denoiser(model, cache, start, text_kv, True, g).flow, noise, sampler.sigmas)[0]
+            return euler(chunk_denoiser(model, cache, start, text_kv, True, g, w=sampler.w).flow, noise,
+                         sampler.sigmas)[0]
     if not 0 <= exit_index < len(sampler.sigmas):
         raise ValueError(f"exit step {exit_index} outside the {len(sampler.sigmas)}-step list")
     x, end = noise, (0.0 if model.arch.time_to else None)
     for i, s in enumerate(sampler.sigmas[: exit_index + 1]):
         if i == exit_index and grad:
-            return chunk_denoiser(model, cache, start, text_kv, write=cache.keep_grad).x0(x, s, end)
+            return chunk_denoiser(model, cache, start, text_kv, write=cache.keep_grad, w=sampler.w).x0(x, s, end)
         with torch.no_grad():
-            x0 = chunk_denoiser(model, cache, start, text_kv, True, g, pending if i == 0 else None).x0(x, s, end)
+            x0 = chunk_denoiser(model, cache, start, text_kv, True, g, pending if i == 0 else None,
+                                sampler.w).x0(x, s, end)
             if i < exit_index:
                 x = renoise(x0, _sigma_tensor(sampler.sigmas[i + 1], x), generator)
     return x0
@@ -264,7 +284,7 @@ def refresh_cache(model, x0: Tensor, cache, start: int, text_kv, sampler: Sample
     x = context_input(x0, sampler, generator)
     branches = [(cache, text_kv)] if sampler.guidance.unguided else list(zip(cache, text_kv))
     for branch_cache, branch_kv in branches:
-        chunk_denoiser(model, branch_cache, start, branch_kv, write=True).flow(x, sampler.context_sigma)
+        chunk_denoiser(model, branch_cache, start, branch_kv, write=True, w=sampler.w).flow(x, sampler.context_sigma)
 
 
 def chunk_step(model, noise: Tensor, cache, start: int, text_kv, sampler: Sampler, exit_index: int, grad: bool,

@@ -30,7 +30,7 @@ def test_off_has_no_second_time_and_refuses_one():
 def test_on_starts_as_the_same_function_with_the_same_other_parameters():
     off, on = tiny_wan(seed=3), tiny_wan(seed=3, time_to=True)
     sd_off, sd_on = off.state_dict(), on.state_dict()
-    assert set(sd_on) - set(sd_off) == set(WanModel.OPTIONAL_KEYS)
+    assert set(sd_on) - set(sd_off) == set(WanModel.TIME_TO_KEYS)
     assert all(torch.equal(sd_off[k], sd_on[k]) for k in sd_off)           # created last: same draws
     x, t, ctx = inputs(off, frames=3)
     with torch.no_grad():
@@ -77,7 +77,7 @@ def test_a_one_time_checkpoint_loads_into_a_two_time_model_and_not_back(tmp_path
     save_file(off.state_dict(), str(tmp_path / "one.safetensors"))
     on = tiny_wan(seed=5, time_to=True)
     report = load_into(on, tmp_path / "one.safetensors", optional=WanModel.OPTIONAL_KEYS)
-    assert set(report.missing) == set(WanModel.OPTIONAL_KEYS)
+    assert set(report.missing) == set(WanModel.TIME_TO_KEYS)
     x, t, ctx = inputs(off, frames=3)
     with torch.no_grad():
         assert torch.equal(on(x, t, ctx, t_to=t / 2), off(x, t, ctx))

@@ -188,3 +188,41 @@ def test_guided_plugin_computes_its_pure_loss():
     loss.backward()
     assert any(p.grad is not None and p.grad.abs().max() > 0 for p in gen.parameters())
     assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_guided_plugin_with_a_guidance_input_draws_w_per_sample_and_feeds_it_to_the_generator():
+    """``model.guidance_input``: after the sigma, one ``w`` per sample uniform in ``objective.guided.w_range`` on the
+    step's rng; the loss is the pure loss at those w with the w-conditioned generator as student (given the same w),
+    and the guidance embedding gets gradient (its last layer starts at zero)."""
+    over = ("objective.name=guided", "model.guidance_input=true", "objective.guided.w_range=[2.0,5.0]")
+    objective, ctx = _plugin_ctx(*over)
+    gen, teacher = ctx.nets.generator, ctx.nets.teacher
+    with torch.no_grad():                                     # a trained w embedding: the student's w matters
+        gen.guidance_embedding[2].weight.normal_(generator=torch.Generator().manual_seed(1))
+    loss, logs = objective.generator_loss(ctx)
+    _, replay = _plugin_ctx(*over)
+    x0, eps = CL.data_clips(replay)
+    sigma = train_sigma(replay, x0)
+    w = 2.0 + 3.0 * torch.rand(2, generator=replay.rng)
+    assert ((w >= 2.0) & (w <= 5.0)).all() and w[0] != w[1]
+    kv = gen.text_kv(ctx.batch.cond)
+    vc = Denoiser(teacher, teacher.text_kv(ctx.batch.cond)).flow
+    vu = Denoiser(teacher, teacher.text_kv(ctx.batch.uncond)).flow
+    student = Denoiser(gen.forward_full, kv, w=w).flow
+    torch.testing.assert_close(loss, P.guided_loss(student, vc, vu, x0, eps, sigma, w))
+    assert abs(P.guided_loss(student, vc, vu, x0, eps, sigma, 3.0).item() - loss.item()) > 1e-6    # per-sample w
+    fixed = Denoiser(gen.forward_full, kv, w=torch.full((2,), 3.0)).flow                          # student's w
+    assert abs(P.guided_loss(fixed, vc, vu, x0, eps, sigma, w).item() - loss.item()) > 1e-6
+    assert logs == {"guided_loss": loss.item()}
+    loss.backward()
+    assert gen.guidance_embedding[2].weight.grad.abs().max() > 0
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_guided_w_range_is_checked_and_a_w_input_allows_an_unguided_sampling_scale():
+    with pytest.raises(ValueError, match="objective.guided.w_range"):
+        config.load(None, ["objective.guided.w_range=[4.0,1.0]"])
+    with pytest.raises(ValueError, match="objective.guided.w_range"):
+        config.load(None, ["objective.guided.w_range=[1.0]"])
+    assert build(config.load(None, ["objective.name=guided", "model.guidance_input=true",
+                                    "objective.guidance.scale=1.0"])).w_input

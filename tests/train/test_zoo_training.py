@@ -18,7 +18,7 @@ from tests.train.helpers import metrics, tiny
 
 @pytest.mark.parametrize("name", ["cd", "ct", "lcm", "scm", "ctm", "meanflow", "shortcut", "flowmap_lagrangian",
                                   "flowmap_eulerian", "flowmap_semigroup", "kd", "reflow", "progressive",
-                                  "guided"])
+                                  "guided", "guided_w"])
 def test_consistency_objective_trains_through_the_trainer(inputs, tmp_path, name):
     train(tiny(name, inputs, tmp_path, "train.steps=3", "train.checkpoint_every=100"))
     lines = metrics(tmp_path)
@@ -38,7 +38,7 @@ def test_flow_map_objectives_train_the_second_time_and_export_it(inputs, tmp_pat
     train(cfg)
     out = export_generator(tmp_path / "run", tmp_path / "gen.safetensors", ema=False)
     weights = load_file(str(out))
-    assert set(WanModel.OPTIONAL_KEYS) <= set(weights)
+    assert set(WanModel.TIME_TO_KEYS) <= set(weights)
     assert weights["time_to_embedding.2.weight"].abs().max() > 0
     cfg.model.checkpoint = str(out)
     generator = build_generator(cfg, "cpu", torch.float32)
@@ -81,3 +81,17 @@ def test_progressive_and_guided_rounds_change_the_generator(inputs, tmp_path, na
     assert any(not torch.equal(weights[k], v) for k, v in start.items())
     _, still = run("still", "optim.generator_lr=0")
     assert all(torch.equal(still[k], v) for k, v in start.items())
+
+
+def test_guided_distillation_with_a_guidance_input_trains_the_w_embedding_and_exports_it(inputs, tmp_path):
+    """configs/tiny/guided_w.yaml: the guidance embedding starts at zero (last layer) and moves; the export holds it
+    and loads into a w-conditioned generator."""
+    cfg = tiny("guided_w", inputs, tmp_path / "run", "train.steps=2", "train.checkpoint_every=100")
+    assert cfg.model.guidance_input
+    train(cfg)
+    weights = load_file(str(export_generator(tmp_path / "run", tmp_path / "gen.safetensors", ema=False)))
+    assert set(WanModel.GUIDANCE_KEYS) <= set(weights)
+    assert weights["guidance_embedding.2.weight"].abs().max() > 0
+    cfg.model.checkpoint = str(tmp_path / "gen.safetensors")
+    generator = build_generator(cfg, "cpu", torch.float32)
+    assert torch.equal(generator.state_dict()["guidance_embedding.2.weight"], weights["guidance_embedding.2.weight"])

@@ -178,12 +178,13 @@ class ChunkSequencePlan:
 class ChunkCall(NamedTuple):
     """One per-chunk forward as :meth:`CausalWan.forward_chunk` runs it: input ``x [B, P + F, C, H, W]`` and
     times ``t`` / ``t_to`` of the ``P`` pending frames then the chunk's, its attention ``plan``; the output's
-    first ``skip = P`` frames are dropped."""
+    first ``skip = P`` frames are dropped; ``guidance [B]``: the guidance scale (per sample, pending frames alike)."""
     x: Tensor
     t: Tensor
     t_to: Tensor | None
     plan: CachePlan | ChunkSequencePlan
     skip: int
+    guidance: Tensor | None = None
 
 
 class CausalWan(WanModel):
@@ -211,35 +212,36 @@ class CausalWan(WanModel):
 
     def forward_chunk(self, x: Tensor, t: Tensor, cache: KVCache, start: int, write: bool,
                       context: Tensor | None = None, text_kv=None, t_to: Tensor | None = None,
-                      pending: tuple[Tensor, Tensor] | None = None) -> Tensor:
+                      pending: tuple[Tensor, Tensor] | None = None, guidance: Tensor | None = None) -> Tensor:
         """Flow for one chunk ``x [B, F, C, H, W]`` at frames ``[start, start + F)``, ``t [B, F]`` (``t_to``: the
-        second time of a flow map, ``WanModel.forward``). ``pending = (x_p [B, P, C, H, W], t_p [B, P])``: the
-        chunk just before, written to the cache in the same forward (its clean-context pass, fused); the output
-        covers ``x`` only."""
-        call = self.chunk_call(x, t, cache, start, write, t_to, pending)
-        return self(call.x, call.t, context, plan=call.plan, text_kv=text_kv, t_to=call.t_to)[:, call.skip:]
+        second time of a flow map, ``guidance [B]``: the guidance scale, ``WanModel.forward``). ``pending =
+        (x_p [B, P, C, H, W], t_p [B, P])``: the chunk just before, written to the cache in the same forward (its
+        clean-context pass, fused, at the same ``guidance``); the output covers ``x`` only."""
+        call = self.chunk_call(x, t, cache, start, write, t_to, pending, guidance)
+        return self(call.x, call.t, context, plan=call.plan, text_kv=text_kv, t_to=call.t_to,
+                    guidance=call.guidance)[:, call.skip:]
 
     def chunk_call(self, x: Tensor, t: Tensor, cache: KVCache, start: int, write: bool, t_to: Tensor | None = None,
-                   pending: tuple[Tensor, Tensor] | None = None) -> ChunkCall:
+                   pending: tuple[Tensor, Tensor] | None = None, guidance: Tensor | None = None) -> ChunkCall:
         """What :meth:`forward_chunk` runs (the CUDA-graph runner runs the same); commits the cache bookkeeping of
         the pending chunk (a write at ``start - P``), then of the chunk."""
         _, h, w = self.grid(1, x.shape[3], x.shape[4])
         plan = functools.partial(CachePlan, cache, self.rope, h, w, device=x.device, backend=self.attention)
         if pending is None:
-            return ChunkCall(x, t, t_to, plan(start=start, stop=start + x.shape[1], write=write), 0)
+            return ChunkCall(x, t, t_to, plan(start=start, stop=start + x.shape[1], write=write), 0, guidance)
         xp, tp = pending
         plans = [plan(start=start - xp.shape[1], stop=start, write=True),
                  plan(start=start, stop=start + x.shape[1], write=write)]
         if t_to is not None:
             t_to = torch.cat([tp, t_to if t_to.dim() == 2 else t_to[:, None].expand_as(t)], dim=1)
         return ChunkCall(torch.cat([xp, x], 1), torch.cat([tp, t], 1), t_to, ChunkSequencePlan(plans, h * w),
-                         xp.shape[1])
+                         xp.shape[1], guidance)
 
     def forward_full(self, x: Tensor, t: Tensor, context: Tensor | None = None, text_kv=None,
                      clean: Tensor | None = None, clean_t: Tensor | None = None,
-                     t_to: Tensor | None = None) -> Tensor:
+                     t_to: Tensor | None = None, guidance: Tensor | None = None) -> Tensor:
         """Block-causal flow for all frames of ``x [B, T, C, H, W]``, ``t [B, T]`` (``t_to``: the second time of a
-        flow map, ``WanModel.forward``).
+        flow map, ``guidance [B]``: the guidance scale, ``WanModel.forward``; clean frames alike).
 
         With ``clean [B, T, C, H, W]`` (at ``clean_t``), noisy chunks see clean earlier frames (teacher
         forcing; the clean frames' ``t_to`` is ``clean_t``); the output covers the noisy frames only.
@@ -252,5 +254,5 @@ class CausalWan(WanModel):
             x, t = torch.cat([clean, x], dim=1), torch.cat([clean_t, t], dim=1)
         plan = BlockCausalPlan(self.rope, frames, h, w, self.frames_per_chunk, self.window, self.sink,
                                self.relative, x.device, self.attention, self.full_sequence, clean is not None)
-        out = self(x, t, context, plan=plan, text_kv=text_kv, t_to=t_to)
+        out = self(x, t, context, plan=plan, text_kv=text_kv, t_to=t_to, guidance=guidance)
         return out[:, frames:] if clean is not None else out

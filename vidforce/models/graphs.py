@@ -4,7 +4,8 @@ Streaming launches thousands of small kernels per chunk forward; the host's laun
 time in the profile. A graph replays a whole forward with one launch. Capture needs static shapes and
 addresses, and a streamed chunk forward has them once its cache plan is fixed:
 - the ring cache (capacity = window) is read as a prefix slice of its slots: a view at a fixed address;
-- what changes from chunk to chunk is data: the input latents and timesteps, the ring slots the chunk writes,
+- what changes from chunk to chunk is data: the input latents and timesteps (and a ``w``-conditioned model's
+  guidance scale, a static ``[B]`` input like ``t_to``), the ring slots the chunk writes,
   the RoPE angles of its queries (relative RoPE: and of the keys, by rank in the window) and the text K/V
   (on a prompt switch). These live in device tensors owned by the graph and are copied in before a replay.
 So one graph per *shape* serves every chunk of that shape: the key is (frames, frames read) of each chunk in
@@ -48,9 +49,10 @@ def capturable(plan: Plan) -> bool:
 
 def shape_key(call: ChunkCall) -> tuple:
     """What fixes a forward's shapes: (frames, frames read) per chunk, the input's shape and dtype, the shape of the
-    second time ``t_to`` (flow-map generators) if given."""
+    second time ``t_to`` (flow-map generators) and of the guidance scale (``w``-conditioned ones) if given."""
     return (tuple((p.layout.stop - p.layout.start, p.layout.read.stop) for p in sub_plans(call.plan)),
-            tuple(call.x.shape), call.x.dtype, None if call.t_to is None else tuple(call.t_to.shape))
+            tuple(call.x.shape), call.x.dtype, None if call.t_to is None else tuple(call.t_to.shape),
+            None if call.guidance is None else tuple(call.guidance.shape))
 
 
 def static_copy(plan: Plan, device) -> Plan:
@@ -90,13 +92,14 @@ def load(static: Plan, plan: Plan) -> None:
 
 
 class _Graph:
-    """One captured forward: static input ``x [B, P + F, C, H, W]``, ``t`` (and ``t_to``) ``[B, P + F]``, plan and
-    output."""
+    """One captured forward: static input ``x [B, P + F, C, H, W]``, ``t`` (and ``t_to``) ``[B, P + F]`` (and the
+    guidance scale ``[B]``), plan and output."""
 
     def __init__(self, model: CausalWan, call: ChunkCall, text_kv, pool, capture: bool):
         self.model, self.text_kv = model, text_kv
         self.x, self.t = call.x.clone(), call.t.clone()
         self.t_to = None if call.t_to is None else call.t_to.clone()
+        self.guidance = None if call.guidance is None else call.guidance.clone()
         self.plan = static_copy(call.plan, call.x.device)
         self.graph = None
         if capture:
@@ -110,7 +113,8 @@ class _Graph:
                 self.out = self._forward()
 
     def _forward(self) -> Tensor:
-        return self.model(self.x, self.t, plan=self.plan, text_kv=self.text_kv, t_to=self.t_to)
+        return self.model(self.x, self.t, plan=self.plan, text_kv=self.text_kv, t_to=self.t_to,
+                          guidance=self.guidance)
 
     def run(self, call: ChunkCall) -> Tensor:
         """The flow of ``call`` (all its frames), computed on the static buffers."""
@@ -118,6 +122,8 @@ class _Graph:
         self.t.copy_(call.t)
         if self.t_to is not None:
             self.t_to.copy_(call.t_to)
+        if self.guidance is not None:
+            self.guidance.copy_(call.guidance)
         load(self.plan, call.plan)
         if self.graph is None:
             return self._forward()
@@ -173,11 +179,12 @@ class GraphedChunks:
 
     def forward_chunk(self, x: Tensor, t: Tensor, cache: KVCache, start: int, write: bool,
                       context: Tensor | None = None, text_kv=None, t_to: Tensor | None = None,
-                      pending: tuple[Tensor, Tensor] | None = None) -> Tensor:
+                      pending: tuple[Tensor, Tensor] | None = None, guidance: Tensor | None = None) -> Tensor:
         """``CausalWan.forward_chunk``, replayed from a graph when the forward can be captured."""
-        call = self.model.chunk_call(x, t, cache, start, write, t_to, pending)
+        call = self.model.chunk_call(x, t, cache, start, write, t_to, pending, guidance)
         if cache is not self.cache or context is not None or not capturable(call.plan):
-            return self.model(call.x, call.t, context, plan=call.plan, text_kv=text_kv, t_to=call.t_to)[:, call.skip:]
+            return self.model(call.x, call.t, context, plan=call.plan, text_kv=text_kv, t_to=call.t_to,
+                              guidance=call.guidance)[:, call.skip:]
         self._use_text(text_kv)
         key = shape_key(call)
         if key not in self.graphs:

@@ -11,6 +11,11 @@ embedding ``e``, before the block and head modulations. Its last linear layer st
 as the one-time DiT (a pretrained checkpoint loads without those keys: :attr:`WanModel.OPTIONAL_KEYS`); without
 ``t_to`` the gap is 0 (``t_to = t``: the instantaneous flow). With ``time_to`` off the module, its parameter names
 and its outputs are those of the official DiT.
+
+Guidance scale (``WanArch.guidance_input``, config ``model.guidance_input``): a ``w``-conditioned student of guided
+distillation (``objectives/progressive.py``) takes the guidance scale ``guidance = w [B]`` (the convention of
+``objective.guidance``) and adds ``guidance_embedding(emb(w))`` to ``e`` the same way, zero-initialised last layer,
+created after the second time's (:attr:`WanModel.OPTIONAL_KEYS` holds both); such a model needs ``guidance``.
 """
 from __future__ import annotations
 
@@ -44,6 +49,7 @@ class WanArch:
     eps: float
     rope_max_len: int
     time_to: bool = False           # second time input t_to (flow maps)
+    guidance_input: bool = False    # guidance scale input w (w-conditioned guided distillation)
 
     @property
     def head_dim(self) -> int:
@@ -194,16 +200,28 @@ class Head(nn.Module):
         return self.head(_modulate(self.norm(x), shift, scale, e.shape[1]))
 
 
+def _zero_last_embedding(freq_dim: int, dim: int) -> nn.Sequential:
+    """An extra input's embedding ``Linear(freq_dim, dim), SiLU, Linear(dim, dim)`` whose last layer starts at zero
+    (the model starts as the one without the input)."""
+    emb = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+    nn.init.zeros_(emb[2].weight)
+    nn.init.zeros_(emb[2].bias)
+    return emb
+
+
 class WanModel(nn.Module):
     """The Wan2.1 DiT. ``forward(x [B,T,C,H,W], t [B] or [B,T], context [B,Lc,text_dim]) -> flow [B,T,C,H,W]``.
 
     Parameter names follow the official checkpoints (``patch_embedding``, ``text_embedding.0``,
     ``time_projection.1``, ``blocks.N.self_attn.q``, ``blocks.N.norm3``, ``head.modulation``, ...); with
-    ``arch.time_to`` also ``time_to_embedding.0`` / ``time_to_embedding.2`` (the second time, created last so the
-    other parameters draw the same initial values).
+    ``arch.time_to`` also ``time_to_embedding.0`` / ``time_to_embedding.2`` (the second time) and with
+    ``arch.guidance_input`` ``guidance_embedding.0`` / ``guidance_embedding.2`` (the guidance scale), created last
+    (in this order) so the other parameters draw the same initial values.
     """
-    OPTIONAL_KEYS = tuple(f"time_to_embedding.{i}.{wb}" for i in (0, 2) for wb in ("weight", "bias"))  # a one-time
-    # checkpoint lacks them: the model keeps their initial values (last layer zero: the checkpoint's function)
+    TIME_TO_KEYS = tuple(f"time_to_embedding.{i}.{wb}" for i in (0, 2) for wb in ("weight", "bias"))
+    GUIDANCE_KEYS = tuple(f"guidance_embedding.{i}.{wb}" for i in (0, 2) for wb in ("weight", "bias"))
+    OPTIONAL_KEYS = TIME_TO_KEYS + GUIDANCE_KEYS    # a checkpoint without these inputs lacks them: the model keeps
+    # their initial values (last layer zero: the checkpoint's function)
 
     def __init__(self, arch: WanArch, attention: str = "auto"):
         super().__init__()
@@ -220,9 +238,9 @@ class WanModel(nn.Module):
         self.sequence: SequenceShards | None = None     # train.sequence_parallel.attach sets it
         self.recompute_context = ckpt.noop_context_fn   # checkpoint(context_fn=): state a block's recompute needs
         if arch.time_to:
-            self.time_to_embedding = nn.Sequential(nn.Linear(arch.freq_dim, d), nn.SiLU(), nn.Linear(d, d))
-            nn.init.zeros_(self.time_to_embedding[2].weight)
-            nn.init.zeros_(self.time_to_embedding[2].bias)
+            self.time_to_embedding = _zero_last_embedding(arch.freq_dim, d)
+        if arch.guidance_input:
+            self.guidance_embedding = _zero_last_embedding(arch.freq_dim, d)
 
     def compile_blocks(self, **options) -> None:
         """``torch.compile`` the pure-tensor halves of every block (the attention plan stays eager)."""
@@ -251,9 +269,10 @@ class WanModel(nn.Module):
         ctx = self.text_embedding(context.to(self.text_embedding[0].weight.dtype))
         return [blk.cross_attn.kv_of(ctx) for blk in self.blocks]
 
-    def time_embed(self, t: Tensor, batch: int, frames: int, t_to: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """``t [B] or [B, T]`` (and ``t_to`` alike, with ``arch.time_to``) -> ``e [B, T', dim]`` and block
-        modulation ``e0 [B, T', 6, dim]`` (fp32)."""
+    def time_embed(self, t: Tensor, batch: int, frames: int, t_to: Tensor | None = None,
+                   guidance: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``t [B] or [B, T]`` (and ``t_to`` alike, with ``arch.time_to``; the scale ``guidance [B]`` with
+        ``arch.guidance_input``) -> ``e [B, T', dim]`` and block modulation ``e0 [B, T', 6, dim]`` (fp32)."""
         def per_token_frame(time: Tensor) -> Tensor:
             if time.dim() == 1:
                 time = time[:, None].expand(batch, frames * self.arch.patch_size[0])
@@ -267,26 +286,34 @@ class WanModel(nn.Module):
             e = e + self.time_to_embedding(sinusoidal_embedding(self.arch.freq_dim, gap).to(w.dtype))
         elif t_to is not None:
             raise ValueError("this DiT has one time input: set model.time_to=true for a second time t_to")
+        if self.arch.guidance_input:
+            if guidance is None:
+                raise ValueError("this DiT takes a guidance scale (model.guidance_input=true): pass guidance [B]")
+            e = e + self.guidance_embedding(sinusoidal_embedding(self.arch.freq_dim, per_token_frame(guidance))
+                                            .to(w.dtype))
+        elif guidance is not None:
+            raise ValueError("this DiT has no guidance scale input: set model.guidance_input=true to pass guidance")
         e0 = self.time_projection(e).unflatten(-1, (6, self.arch.dim))
         return e.float().unflatten(0, (batch, frames)), e0.float().unflatten(0, (batch, frames))
 
     def forward(self, x: Tensor, t: Tensor, context: Tensor | None = None, plan: AttentionPlan | None = None,
                 text_kv: list[tuple[Tensor, Tensor]] | None = None, features_at: int | None = None,
-                t_to: Tensor | None = None):
+                t_to: Tensor | None = None, guidance: Tensor | None = None):
         """Predict the flow ``v = eps - x0`` for latents ``x [B, T, C, H, W]`` at timesteps ``t [B, T]``.
 
         Either ``context`` (text embeddings ``[B, Lc <= text_len, text_dim]``, see :meth:`text_kv`) or precomputed
         ``text_kv`` is given. ``plan`` chooses the self-attention pattern (default: bidirectional over ``x``). With
         ``features_at = n`` it stops after ``n`` blocks and returns the tokens ``[B, L, dim]`` (discriminator
         features) instead. ``t_to`` (``[B]`` or ``[B, T]``; needs ``arch.time_to``): the end time of a flow map,
-        whose output is then the average flow over ``[t_to, t]``.
+        whose output is then the average flow over ``[t_to, t]``. ``guidance`` (``[B]``; needed with, refused
+        without ``arch.guidance_input``): the guidance scale ``w`` of a ``w``-conditioned student.
         """
         b, f, _, hgt, wid = x.shape
         grid, sp = self.grid(f, hgt, wid), self.sequence
         x = sp.enter(x) if sp is not None else x
         tokens = self.patch_embedding(x.permute(0, 2, 1, 3, 4).to(self.patch_embedding.weight.dtype))
         tokens = tokens.flatten(2).transpose(1, 2)
-        e, e0 = self.time_embed(t, b, grid[0], t_to)
+        e, e0 = self.time_embed(t, b, grid[0], t_to, guidance)
         kv = text_kv if text_kv is not None else self.text_kv(context)
         plan = plan if plan is not None else BidirectionalPlan(self.rope, grid, x.device, self.attention)
         if sp is not None:

@@ -39,9 +39,10 @@ def on_device(like: Tensor, *times: Tensor) -> tuple[Tensor, ...]:
     return tuple(t.to(device=like.device, dtype=like.dtype) for t in times)
 
 
-def generator_flow(ctx: StepContext):
-    """The generator's flow ``(x, s [B], s_to [B] | None) -> v`` (block-causal, conditional prompt, with grad)."""
-    return Denoiser(ctx.nets.generator.forward_full, text_kv_of(ctx, "generator", "cond")).flow
+def generator_flow(ctx: StepContext, w: Tensor | None = None):
+    """The generator's flow ``(x, s [B], s_to [B] | None) -> v`` (block-causal, conditional prompt, with grad);
+    ``w [B]``: the guidance scale of a ``w``-conditioned generator (``model.guidance_input``)."""
+    return Denoiser(ctx.nets.generator.forward_full, text_kv_of(ctx, "generator", "cond"), w=w).flow
 
 
 def held_flow(ctx: StepContext) -> Flow2:

@@ -33,10 +33,13 @@ for its student), and each student starts as a copy of its teacher.
     v_S(x_t, t) = v_u(x_t, t) + w (v_c(x_t, t) - v_u(x_t, t))      (Meng et al.'s stage 1, in flow units),
 
 ``L = || v_S - sg(v_u + w (v_c - v_u)) ||^2`` (:func:`guided_loss`; ``w`` a float or per sample, either guidance
-convention of ``diffusion.cfg``). Meng et al. condition the student on ``w`` drawn from a range; the Wan DiT has no
-guidance input, so the video plugin bakes the one ``objective.guidance`` scale into the student (as LCM does), and a
-``w``-conditioned student is for a network with a ``w`` input (the pure loss takes any ``w``). Stage 2 is
-progressive distillation with the stage-1 student as the teacher: it is unguided, one call per teacher step.
+convention of ``diffusion.cfg``). Meng et al. condition the student on ``w`` drawn from a range: with the DiT's
+guidance scale input (``model.guidance_input``, a zero-initialised embedding of ``w``, ``models/wan.py``) the video
+plugin draws ``w`` per sample uniformly from ``objective.guided.w_range`` and regresses ``v_S(x_t, t, w)`` onto the
+teacher's CFG at that ``w``; without it, it bakes the one ``objective.guidance`` scale into the student (as LCM
+does). A ``w``-conditioned student samples at ``w = objective.guidance.scale`` (``sampling.Sampler.for_generator``).
+Stage 2 is progressive distillation with the stage-1 student as the teacher: it is unguided, one call per teacher
+step (of a baked student; a ``w``-conditioned teacher is not wired into ``progressive``).
 
 Video plugins (``progressive``, ``guided``): the chunk-causal generator over the full sequence on data clips, one
 time per sample, conditional prompt (:mod:`vidforce.objectives.clips`). One training run is one round:
@@ -48,9 +51,11 @@ time per sample, conditional prompt (:mod:`vidforce.objectives.clips`). One trai
   ``k``'s export (``train/checkpoint.py``) is round ``k + 1``'s ``model.checkpoint`` (the student starts as its
   teacher) and, with ``bidirectional``, its ``teacher.checkpoint``; ``student_steps`` halves each round. Sample a
   student with the Euler chunk sampler on its grid, ``Sampler(euler_grid(N, schedule.shift), solver="euler")``.
-- ``guided``: the teacher's CFG (``objective.guidance``, both branches: two calls) regressed into the generator's
-  one conditional call, one shifted training sigma per sample (``schedule``), ``objective.guided.weighting``. Its
-  export is the teacher of stage 2 (``progressive`` rounds).
+- ``guided``: the teacher's CFG (both branches: two calls) regressed into the generator's one conditional call, one
+  shifted training sigma per sample (``schedule``), ``objective.guided.weighting``; the scale is
+  ``objective.guidance.scale`` (baked), or with ``model.guidance_input`` a ``w`` per sample drawn after the sigma on
+  the step's rng, uniform in ``objective.guided.w_range``, given to the generator too. Its (baked) export is the
+  teacher of stage 2 (``progressive`` rounds).
 """
 from __future__ import annotations
 
@@ -156,7 +161,9 @@ class Progressive(Objective):
 
 
 class Guided(Objective):
-    """Stage 1: the teacher's CFG at ``objective.guidance`` baked into the generator's conditional flow."""
+    """Stage 1: the teacher's CFG at ``objective.guidance`` baked into the generator's conditional flow, or at a
+    per-sample ``w`` (``objective.guided.w_range``) given to a ``w``-conditioned generator
+    (``model.guidance_input``)."""
     name = "guided"
     data = "videos"
     networks = ("generator", "teacher")
@@ -164,14 +171,24 @@ class Guided(Objective):
     def __init__(self, cfg):
         super().__init__(cfg)
         self.guidance = Guidance.from_config(cfg.objective.guidance)
-        if self.guidance.unguided:
+        self.w_input = cfg.model.guidance_input
+        if self.guidance.unguided and not self.w_input:
             raise ValueError(f"objective.name=guided distils classifier-free guidance: objective.guidance.scale "
                              f"{self.guidance.scale} is unguided in the {self.guidance.convention!r} convention")
+
+    def draw_w(self, ctx: StepContext, like: Tensor) -> Tensor:
+        """A guidance scale per sample ``[B]`` (fp32, on ``like``'s device) of ``like [B, ...]``, uniform in
+        ``objective.guided.w_range`` (drawn on the step's rng)."""
+        lo, hi = self.cfg.objective.guided.w_range
+        u = torch.rand(like.shape[0], generator=ctx.rng, device=ctx.rng.device)
+        return (lo + (hi - lo) * u).to(like.device)
 
     def generator_loss(self, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
         x0, eps = clips.data_clips(ctx)
         sigma = train_sigma(ctx, x0)
+        w = self.draw_w(ctx, x0) if self.w_input else None
         g, teacher = self.guidance, clips.teacher_flow
-        loss = guided_loss(clips.generator_flow(ctx), teacher(ctx, "cond"), teacher(ctx, "uncond"), x0, eps, sigma,
-                           g.scale, g.convention, loss_weight(ctx, self.cfg.objective.guided, sigma))
+        loss = guided_loss(clips.generator_flow(ctx, w), teacher(ctx, "cond"), teacher(ctx, "uncond"), x0, eps,
+                           sigma, g.scale if w is None else w, g.convention,
+                           loss_weight(ctx, self.cfg.objective.guided, sigma))
         return loss, {"guided_loss": loss.item()}

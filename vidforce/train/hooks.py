@@ -50,7 +50,7 @@ class DriftHook:
     def __init__(self, cfg, codec, text_encoder, run_dir: Path, device: torch.device, dtype: torch.dtype):
         self.cfg, self.codec, self.text, self.run_dir = cfg, codec, text_encoder, run_dir
         self.device, self.dtype = device, dtype
-        self.sampler = Sampler.from_config(cfg.schedule)
+        self.sampler = Sampler.for_generator(cfg)
 
     def due(self, step: int) -> bool:
         return bool(self.cfg.drift.every) and step % self.cfg.drift.every == 0

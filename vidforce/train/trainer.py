@@ -230,7 +230,7 @@ def set_lr(run: Run, role: str, step: int) -> float:
 def _turn(run: Run, role: str, step: int, batches: list) -> dict[str, float]:
     cfg, engine = run.cfg, run.engines.trained()[role]
     logs: dict[str, float] = {f"lr/{role}": set_lr(run, role, step)}
-    sampler = Sampler.from_config(cfg.schedule)
+    sampler = Sampler.for_generator(cfg)
     plan_rng = torch.Generator().manual_seed(derive_seed(cfg.train.seed, step, ROLE_IDS[role]))
     plan = draw_plan(cfg.rollout, len(sampler.sigmas), cfg.causal.frames_per_chunk, plan_rng,
                      broadcast=dist.broadcast_ints)
