@@ -60,3 +60,13 @@ def stream_chunks(net, noise, kv, sampler, fused, frames_per_chunk, device="cpu"
         if fused and finish:
             net.forward_chunk(pending.x, pending.t, cache, pending.start, True, text_kv=kv)
     return torch.cat(outs, 1), cache
+
+
+def perturb_embedding(model, name: str, seed: int):
+    """Give the zero-initialised last layer of the extra-input embedding ``name`` (``time_to_embedding``,
+    ``guidance_embedding``) non-zero values (a trained input), deterministically."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in getattr(model, name)[2].parameters():
+            p.copy_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return model

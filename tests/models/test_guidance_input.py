@@ -15,16 +15,13 @@ from vidforce.models.loading import CheckpointMismatchError, load_into
 from vidforce.models.wan import WanModel
 from vidforce.sampling import Sampler, timesteps
 from vidforce.streaming import to_uint8_frames
-from tests.models.helpers import inputs, stream_chunks, stream_inputs, tiny_arch, tiny_causal, tiny_wan
+from tests.models.helpers import (inputs, perturb_embedding, stream_chunks, stream_inputs, tiny_arch, tiny_causal,
+                                  tiny_wan)
 
 
 def perturb(model):
     """Give the guidance embedding a non-zero last layer (a trained w-conditioned student), deterministically."""
-    g = torch.Generator().manual_seed(11)
-    with torch.no_grad():
-        for p in model.guidance_embedding[2].parameters():
-            p.copy_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
-    return model
+    return perturb_embedding(model, "guidance_embedding", 11)
 
 
 def test_off_has_no_guidance_input_and_refuses_a_scale():

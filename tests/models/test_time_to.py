@@ -7,16 +7,12 @@ from safetensors.torch import save_file
 from vidforce.models.causal import CausalWan
 from vidforce.models.loading import CheckpointMismatchError, load_into
 from vidforce.models.wan import WanModel
-from tests.models.helpers import inputs, tiny_arch, tiny_causal, tiny_wan
+from tests.models.helpers import inputs, perturb_embedding, tiny_arch, tiny_causal, tiny_wan
 
 
 def perturb(model):
     """Give the second-time embedding a non-zero last layer (a trained flow map), deterministically."""
-    g = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        for p in model.time_to_embedding[2].parameters():
-            p.copy_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
-    return model
+    return perturb_embedding(model, "time_to_embedding", 7)
 
 
 def test_off_has_no_second_time_and_refuses_one():
