@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -15,6 +16,9 @@ from torch import Tensor, nn
 from vidforce.diffusion import add_noise, flow_target, sample_train_sigma
 from vidforce.rollout import RolloutPlan, rollout
 from vidforce.sampling import Denoiser, Guidance, Sampler
+
+Flow = Callable[[Tensor, Tensor], Tensor]              # (x, sigma) -> v: a network as the objectives call it
+Flow2 = Callable[[Tensor, Tensor, Tensor], Tensor]     # (x, sigma, sigma_to) -> v: a flow map
 
 
 @dataclass
@@ -160,9 +164,14 @@ def frozen(module: nn.Module | None):
             p.requires_grad_(True)
 
 
-def flow_matching_loss(pred_flow: Tensor, x0: Tensor, eps: Tensor, weight: Tensor | None = None) -> Tensor:
-    """Flow-matching MSE ``mean(w || v_pred - (eps - x0) ||^2)``; ``weight [B, T]`` per frame (``None``: plain)."""
-    err = (pred_flow.float() - flow_target(x0, eps).float()).square()
+def weighted_mse(pred: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
+    """``mean(w || pred - target ||^2)`` over elements, in fp32; ``weight [B]`` or ``[B, T]`` (``None``: plain)."""
+    err = (pred.float() - target.float()).square()
     if weight is None:
         return err.mean()
     return (err * weight.float()[(...,) + (None,) * (err.dim() - weight.dim())]).mean()
+
+
+def flow_matching_loss(pred_flow: Tensor, x0: Tensor, eps: Tensor, weight: Tensor | None = None) -> Tensor:
+    """Flow-matching MSE ``mean(w || v_pred - (eps - x0) ||^2)``; ``weight [B, T]`` per frame (``None``: plain)."""
+    return weighted_mse(pred_flow, flow_target(x0, eps), weight)

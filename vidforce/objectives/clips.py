@@ -9,15 +9,12 @@ distillation also calls its unconditional one).
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import Tensor
 
-from vidforce.objectives.base import StepContext, frozen, text_kv_of
+from vidforce.objectives.base import Flow2, StepContext, frozen, text_kv_of
 from vidforce.sampling import Denoiser
 
-Flow2 = Callable[[Tensor, Tensor, Tensor], Tensor]
 JVP_BACKENDS = ("math", "jvp")          # attention backends with forward-mode AD (models/attention.py)
 
 

@@ -24,12 +24,10 @@ from torch import Tensor
 
 from vidforce.diffusion import add_noise, expand_sigma
 from vidforce.objectives import clips
-from vidforce.objectives.base import Objective, StepContext, text_kv_of
+from vidforce.objectives.base import Flow, Flow2, Objective, StepContext, text_kv_of
 from vidforce.objectives.flowmap import map_times
 from vidforce.sampling import Denoiser, Guidance
 
-Flow = Callable[[Tensor, Tensor], Tensor]
-Flow2 = Callable[[Tensor, Tensor, Tensor], Tensor]
 SOLVERS = ("euler", "heun")
 
 

@@ -36,10 +36,8 @@ from torch import Tensor
 
 from vidforce.diffusion import add_noise, expand_sigma
 from vidforce.objectives import clips
-from vidforce.objectives.base import Objective, StepContext
+from vidforce.objectives.base import Flow, Flow2, Objective, StepContext
 
-Flow = Callable[[Tensor, Tensor], Tensor]
-Flow2 = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
 def _sq(a: Tensor, b: Tensor) -> Tensor:

@@ -14,16 +14,14 @@ sigma 1, the endpoint) of knowledge distillation and Reflow (:mod:`vidforce.obje
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable
 
 import torch
 from torch import Tensor
 
 from vidforce.diffusion import x0_from_flow
-from vidforce.objectives.base import Objective, StepContext, text_kv_of
+from vidforce.objectives.base import Flow, Objective, StepContext, text_kv_of, weighted_mse
 from vidforce.sampling import Denoiser
 
-Flow = Callable[[Tensor, Tensor], Tensor]
 
 
 def ode_regression_inputs(trajectory: Tensor, sigmas: Tensor, steps: Tensor, chunk: int) -> tuple[Tensor, Tensor]:
@@ -37,7 +35,8 @@ def ode_regression_inputs(trajectory: Tensor, sigmas: Tensor, steps: Tensor, chu
 
 
 def ode_loss(pred_x0: Tensor, target_x0: Tensor) -> Tensor:
-    return (pred_x0.float() - target_x0.float()).square().mean()
+    """``mean || x0_pred - x0_teacher ||^2`` (fp32)."""
+    return weighted_mse(pred_x0, target_x0)
 
 
 def endpoint_loss(student: Flow, x: Tensor, sigma: Tensor, target_x0: Tensor) -> Tensor:

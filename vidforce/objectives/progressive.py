@@ -59,25 +59,17 @@ time per sample, conditional prompt (:mod:`vidforce.objectives.clips`). One trai
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import Tensor
 
 from vidforce.diffusion import add_noise, cfg as guide, expand_sigma
 from vidforce.objectives import clips
-from vidforce.objectives.base import Objective, StepContext, train_sigma
+from vidforce.objectives.base import Flow, Objective, StepContext, train_sigma, weighted_mse
 from vidforce.objectives.forcing import loss_weight
 from vidforce.sampling import Guidance, euler_grid
 
-Flow = Callable[[Tensor, Tensor], Tensor]
-TEACHERS = ("bidirectional", "causal")
-
-
-def _mse(pred: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
-    """``mean(w || pred - target ||^2)`` over elements; ``weight [B]`` or ``[B, T]`` (``None``: plain)."""
-    err = (pred.float() - target.float()).square()
-    return err.mean() if weight is None else (err * expand_sigma(weight.float(), err)).mean()
+NETWORKS = {"bidirectional": ("generator", "teacher"), "causal": ("generator", "reference")}   # per
+# objective.progressive.teacher (its choices are checked by the config)
 
 
 # ---------------------------------------------------------------- progressive distillation
@@ -108,7 +100,7 @@ def progressive_loss(student: Flow, teacher: Flow, x0: Tensor, eps: Tensor, t: T
     """Progressive distillation: ``x = (1 - t) x0 + t eps``, ``L = || v_S(x, t) - sg(v~) ||^2`` with
     :func:`progressive_target` from the frozen ``teacher`` (the module docstring derives it)."""
     x = add_noise(x0, eps, t)
-    return _mse(student(x, t), progressive_target(teacher, x, t, t_mid, t_end))
+    return weighted_mse(student(x, t), progressive_target(teacher, x, t, t_mid, t_end))
 
 
 # ---------------------------------------------------------------- guided distillation (stage 1)
@@ -128,7 +120,7 @@ def guided_loss(student: Flow, cond: Flow, uncond: Flow, x0: Tensor, eps: Tensor
     ``L = || v_S(x, t) - sg(v_u + w (v_c - v_u)) ||^2`` (:func:`guided_target`; a ``w``-conditioned student closes
     over the same ``w``); ``weight`` per sample or frame (``None``: plain)."""
     x = add_noise(x0, eps, t)
-    return _mse(student(x, t), guided_target(cond, uncond, x, t, w, convention), weight)
+    return weighted_mse(student(x, t), guided_target(cond, uncond, x, t, w, convention), weight)
 
 
 # ---------------------------------------------------------------- video plugins (progressive, guided)
@@ -140,13 +132,7 @@ class Progressive(Objective):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        teacher = cfg.objective.progressive.teacher
-        if teacher == "bidirectional":
-            self.networks = ("generator", "teacher")
-        elif teacher == "causal":
-            self.networks = ("generator", "reference")
-        else:
-            raise ValueError(f"objective.progressive.teacher must be one of {TEACHERS}, got {teacher!r}")
+        self.networks = NETWORKS[cfg.objective.progressive.teacher]
 
     def teacher(self, ctx: StepContext) -> Flow:
         return clips.teacher_flow(ctx) if "teacher" in self.networks else clips.reference_flow(ctx)

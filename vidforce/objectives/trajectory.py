@@ -29,18 +29,15 @@ training sigma per chunk (``schedule``: shift, range) and may weight it (``objec
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import Tensor
 
 from vidforce.diffusion import add_noise, x0_from_flow
-from vidforce.objectives.base import Objective, StepContext, flow_matching_loss, train_sigma
+from vidforce.objectives.base import Flow, Objective, StepContext, flow_matching_loss, train_sigma
 from vidforce.objectives.forcing import loss_weight
 from vidforce.objectives.ode_init import endpoint_loss, pairs_of, student_denoiser
 from vidforce.sampling import Sampler
 
-Flow = Callable[[Tensor, Tensor], Tensor]
 
 
 def noise_sigma(eps: Tensor) -> Tensor:

@@ -5,7 +5,7 @@ loss of :mod:`vidforce.objectives.progressive`. Round 1's teacher is the harness
 ``RoundsConfig.teacher_steps`` Euler steps; round ``k``'s student takes half its teacher's steps and starts as a copy
 of it, and becomes round ``k + 1``'s teacher (frozen), down to ``final_steps``. Each student step ``t -> t''`` is one
 uniform step of its grid ``euler_grid(N, 1)`` (the harness sampler's), ``x_t`` a noised data draw, and every student
-samples with the teacher's Euler sampler at its own step count (:func:`sample`).
+samples with the teacher's Euler sampler at its own step count (:func:`vidforce.toy.train.euler_sample`).
 
 Guided distillation runs on the class-conditional ring (:class:`LabelledGMM`: 2 classes of 4 alternating modes) with
 its classifier-free-guidance teacher (``train_teacher``: label dropout ``CFG_DROP``). Stage 1 (:func:`train_guided`):
@@ -17,7 +17,6 @@ data (CFG is not the flow of a distribution), so :func:`guided_rows` scores ever
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -28,7 +27,8 @@ from vidforce.sampling import Guidance
 from vidforce.toy import metrics
 from vidforce.toy.gmm import GMM, LabelledGMM
 from vidforce.toy.nets import MLPDenoiser
-from vidforce.toy.train import HarnessConfig, _draw_labelled, _optimise, euler_sample, flow_of, train_teacher
+from vidforce.toy.train import (HarnessConfig, _draw_labelled, _optimise, euler_sample, flow_of, train_teacher,
+                                trainable_copy)
 
 GUIDANCE = Guidance(2.0)      # the guided teacher: v_u + 2 (v_c - v_u)
 
@@ -59,7 +59,7 @@ def train_round(teacher: MLPDenoiser, student_steps: int, gmm: GMM, h: HarnessCo
                 g: torch.Generator) -> tuple[MLPDenoiser, float]:
     """One round: a copy of ``teacher`` learns in ``student_steps`` Euler steps what ``teacher`` does in twice as many
     (both of the draw's class on a :class:`LabelledGMM`). Returns the student and its wall seconds."""
-    net = copy.deepcopy(teacher).requires_grad_(True)
+    net = trainable_copy(teacher)
 
     def loss_at(k):
         x0, eps, c = _draw_labelled(gmm, h.batch, g)
@@ -83,18 +83,13 @@ def train_progressive(teacher: MLPDenoiser, gmm: GMM, h: HarnessConfig,
     return out
 
 
-def sample(net: MLPDenoiser, noise: Tensor, steps: int) -> Tensor:
-    """A student's (or the teacher's) Euler samples in ``steps`` steps on ``euler_grid(steps, 1)``."""
-    return euler_sample(net, noise, steps)
-
-
 def train_guided(teacher: MLPDenoiser, gmm: LabelledGMM, h: HarnessConfig, steps: int,
                  guidance: Guidance = GUIDANCE) -> tuple[MLPDenoiser, float]:
     """Stage 1: a copy of the class-conditional ``teacher`` (frozen) learns its guided flow in one call,
     ``|| v_S(x_t, t; c) - sg(v_u + w (v_c - v_u)) ||^2``, ``(x0, c)`` a labelled draw, ``t ~ U[0, 1]``
     (``guided_loss``). Returns the student and its wall seconds."""
     teacher.requires_grad_(False)
-    net, g = copy.deepcopy(teacher).requires_grad_(True), torch.Generator().manual_seed(h.seed + 7)
+    net, g = trainable_copy(teacher), torch.Generator().manual_seed(h.seed + 7)
 
     def loss_at(k):
         x0, eps, c = _draw_labelled(gmm, h.batch, g)

@@ -10,6 +10,7 @@ the null label with probability ``CFG_DROP``.
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass
@@ -51,6 +52,11 @@ def flow_of(net, labels: Tensor | None = None, guidance: Guidance = Guidance()) 
 
 def flow2_of(net) -> C.Flow2:
     return lambda x, s, s_to: Denoiser(net, None).flow(x, s, sigma_to=s_to)
+
+
+def trainable_copy(net: nn.Module) -> nn.Module:
+    """A copy of ``net`` whose parameters all train (a student's initialisation from its teacher)."""
+    return copy.deepcopy(net).requires_grad_(True)
 
 
 def frozen_call(net: nn.Module):

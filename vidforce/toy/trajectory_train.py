@@ -14,7 +14,6 @@ student starts from the teacher.
 """
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass
 
@@ -23,7 +22,7 @@ from torch import Tensor
 
 from vidforce.objectives import trajectory as TD
 from vidforce.toy.nets import MLPDenoiser
-from vidforce.toy.train import HarnessConfig, _optimise, euler_sample, flow_of
+from vidforce.toy.train import HarnessConfig, _optimise, euler_sample, flow_of, trainable_copy
 
 OBJECTIVES = ("kd", "reflow")
 
@@ -41,14 +40,6 @@ def couplings(net: MLPDenoiser, n: int, dim: int, ode_steps: int, g: torch.Gener
     return eps, euler_sample(net, eps, ode_steps)
 
 
-def student_of(model: MLPDenoiser) -> MLPDenoiser:
-    """A trainable copy of ``model`` (the initialisation of KD and of every Reflow round)."""
-    net = copy.deepcopy(model)
-    for p in net.parameters():
-        p.requires_grad_(True)
-    return net
-
-
 def _pick(eps: Tensor, x0: Tensor, b: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
     i = torch.randint(eps.shape[0], (b,), generator=g)
     return eps[i], x0[i]
@@ -56,13 +47,13 @@ def _pick(eps: Tensor, x0: Tensor, b: int, g: torch.Generator) -> tuple[Tensor, 
 
 def train_kd(teacher: MLPDenoiser, eps: Tensor, x0: Tensor, h: HarnessConfig) -> tuple[MLPDenoiser, float]:
     """KD on the couplings ``(eps, x0)`` from a copy of the teacher. Returns the net and wall seconds."""
-    net, g = student_of(teacher), torch.Generator().manual_seed(h.seed + 3)
+    net, g = trainable_copy(teacher), torch.Generator().manual_seed(h.seed + 3)
     return net, _optimise(net, h.steps, h.lr, lambda k: TD.kd_loss(flow_of(net), *_pick(eps, x0, h.batch, g)))
 
 
 def train_reflow(model: MLPDenoiser, eps: Tensor, x0: Tensor, h: HarnessConfig) -> tuple[MLPDenoiser, float]:
     """One Reflow round on the couplings ``(eps, x0)`` of ``model``, from a copy of it, ``t ~ U[0, 1]``."""
-    net, g = student_of(model), torch.Generator().manual_seed(h.seed + 4)
+    net, g = trainable_copy(model), torch.Generator().manual_seed(h.seed + 4)
 
     def loss_at(k):
         e, x = _pick(eps, x0, h.batch, g)
