@@ -3,6 +3,7 @@ arguments and how a table page is written under the command that made it."""
 from __future__ import annotations
 
 import argparse
+import datetime
 import platform
 import sys
 from pathlib import Path
@@ -34,7 +35,8 @@ def write_page(args, title: str, tool: str, header: str, table: list[str], verdi
     print(text)
     if args.out:
         cmd = f"python tools/{tool} " + " ".join(sys.argv[1:])
-        machine = f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
+        machine = (f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+                   f"{datetime.date.today().isoformat()}")
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(f"# {title}\n\n`{cmd}`\n\nMachine: {machine}; seed {args.seed}; data GMM.ring() "
                                   f"(8 modes, radius 1.5, std 0.2, 2-D).\n\n{text}\n")
