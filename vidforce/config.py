@@ -387,6 +387,7 @@ class DataConfig:
     prompts: str = ""               # txt / jsonl of prompts (rollout objectives)
     videos: str = ""                # directory or manifest of mp4 + captions (data objectives, GAN)
     world: str = ""                 # a data.balls world spec JSON: fresh rendered scenes instead of data.videos
+    world_workers: int = 0          # processes simulating the next data.world micro-batches ahead (0: in the loop)
     latent_height: int = 8          # latent frame height (pixels / codec spatial factor)
     latent_width: int = 8           # latent frame width
     fps: float = 16.0               # pixel frame rate of generated / training videos
@@ -512,7 +513,7 @@ POSITIVE = ("objective.gan.r_sigma", "causal.frames_per_chunk", "rollout.num_fra
 NON_NEGATIVE = ("causal.window", "causal.sink", "rollout.grad_chunks", "rollout.long_frames", "optim.generator_lr",
                 "objective.scm.warmup_steps", "objective.ctm.dsm_weight", "objective.flowmap_semigroup.diag_weight",
                 "optim.critic_lr", "optim.weight_decay", "optim.grad_clip", "optim.ema_start",
-                "optim.warmup_steps", "data.clip_stride", "drift.every",
+                "optim.warmup_steps", "data.clip_stride", "data.world_workers", "drift.every",
                 "objective.gan.r1_weight", "objective.gan.r2_weight", "objective.gan.weight", "schedule.context_noise",
                 "objective.teacher_forcing.context_noise", "objective.add.distill_weight", "objective.add.r1_weight",
                 "objective.ladd.teacher_steps", "objective.grpo.jerk_weight", "objective.grpo.kl_weight",

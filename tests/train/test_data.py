@@ -113,3 +113,30 @@ def test_world_batches_are_fresh_renders_with_count_prompts_and_resume_exactly(i
     missing = tiny("teacher_forcing", inputs, tmp_path, f"data.world={tmp_path / 'none.json'}")
     with pytest.raises(FileNotFoundError, match="data.world not found"):
         source(missing, "videos")
+
+
+def test_world_workers_prefetch_the_same_batches_across_resumes_and_a_dead_pool(inputs, tmp_path):
+    from vidforce.data.balls import BallWorldSpec, save_spec
+    spec = tmp_path / "world.json"
+    save_spec(BallWorldSpec(), spec)
+    args = ("train.batch_size=4", f"data.world={spec}", "data.latent_height=16", "data.latent_width=16")
+    plain = source(tiny("teacher_forcing", inputs, tmp_path, *args), "videos")
+    expected = [plain.next() for _ in range(8)]
+    ahead = source(tiny("teacher_forcing", inputs, tmp_path, *args, "data.world_workers=2"), "videos")
+    try:
+        for want in expected[:2]:
+            got = ahead.next()
+            assert torch.equal(got.latents, want.latents) and torch.equal(got.cond, want.cond)
+        assert len(ahead.world._ahead) == 2                       # micro-batches 2 and 3 queued in the workers
+        ahead.load_state_dict({"epoch": 4, "position": 0, "seed": 0})   # a resume past the queued ones
+        assert torch.equal(ahead.next().latents, expected[4].latents)
+        assert sorted(key[2] for key in ahead.world._ahead) == [5, 6]
+        for process in list(ahead.world._pool._processes.values()):
+            process.kill()              # the workers die: batch 7 (queued after the kill) is simulated in the loop
+        for want in expected[5:]:
+            assert torch.equal(ahead.next().latents, want.latents)
+        assert ahead.world.workers == 0 and ahead.world._pool is None
+    finally:
+        ahead.close()
+    with pytest.raises(ValueError, match="data.world_workers"):
+        tiny("teacher_forcing", inputs, tmp_path, *args, "data.world_workers=-1")

@@ -324,14 +324,13 @@ def _padded(scenes: Sequence[BallScene], n: int) -> dict[str, np.ndarray]:
     return out
 
 
-def sample_batch(spec: BallWorldSpec, num_frames: int, *, seeds: Sequence[int] | None = None,
-                 rng: np.random.Generator | None = None, batch_size: int | None = None,
-                 device: str | torch.device = "cpu") -> tuple[Tensor, list[str], list[BallScene]]:
-    """Fresh training data: the scenes of ``seeds``, or ``batch_size`` scenes drawn from ``rng``.
-
-    Simulation runs in numpy (batched over scenes), rendering in torch on ``device``. Returns video
-    [B, T, 3, H, W] float32 in [-1, 1], the prompts and the scenes.
-    """
+def simulate_batch(spec: BallWorldSpec, num_frames: int, *, seeds: Sequence[int] | None = None,
+                   rng: np.random.Generator | None = None,
+                   batch_size: int | None = None) -> tuple[dict[str, np.ndarray], list[BallScene]]:
+    """The numpy half of fresh training data: the scenes of ``seeds``, or ``batch_size`` scenes drawn from
+    ``rng``, padded to ``spec.max_balls`` (``_padded``) and simulated. Returns the padded arrays plus
+    ``positions`` [B, T, n, 2] float64, and the scenes. Host-only, so it can run ahead of the trainer in
+    another process (``train.data.WorldStream``)."""
     if (seeds is None) == (rng is None):
         raise ValueError("sample_batch: pass exactly one of seeds or rng")
     if rng is not None and (batch_size is None or batch_size < 1):
@@ -342,12 +341,28 @@ def sample_batch(spec: BallWorldSpec, num_frames: int, *, seeds: Sequence[int] |
               else [sample_scene(spec, rng) for _ in range(batch_size)])
     if not scenes:
         raise ValueError("sample_batch.seeds: need at least one seed")
-    pad = _padded(scenes, spec.max_balls)
-    positions, _ = _simulate(pad["p"], pad["v"], pad["r"], pad["active"], spec, num_frames)
-    video = render_torch(torch.from_numpy(pad["colours"]).to(device), torch.from_numpy(pad["r"]).to(device),
-                         torch.from_numpy(pad["background"]).to(device), torch.from_numpy(positions).to(device),
-                         spec.height, spec.width)
-    return video, [prompt_for(s) for s in scenes], scenes
+    arrays = _padded(scenes, spec.max_balls)
+    arrays["positions"], _ = _simulate(arrays["p"], arrays["v"], arrays["r"], arrays["active"], spec, num_frames)
+    return arrays, scenes
+
+
+def render_batch(arrays: dict[str, np.ndarray], spec: BallWorldSpec, device: str | torch.device) -> Tensor:
+    """The torch half: ``simulate_batch``'s arrays -> video [B, T, 3, H, W] float32 in [-1, 1] on ``device``."""
+    return render_torch(torch.from_numpy(arrays["colours"]).to(device), torch.from_numpy(arrays["r"]).to(device),
+                        torch.from_numpy(arrays["background"]).to(device),
+                        torch.from_numpy(arrays["positions"]).to(device), spec.height, spec.width)
+
+
+def sample_batch(spec: BallWorldSpec, num_frames: int, *, seeds: Sequence[int] | None = None,
+                 rng: np.random.Generator | None = None, batch_size: int | None = None,
+                 device: str | torch.device = "cpu") -> tuple[Tensor, list[str], list[BallScene]]:
+    """Fresh training data: the scenes of ``seeds``, or ``batch_size`` scenes drawn from ``rng``.
+
+    Simulation runs in numpy (batched over scenes, ``simulate_batch``), rendering in torch on ``device``
+    (``render_batch``). Returns video [B, T, 3, H, W] float32 in [-1, 1], the prompts and the scenes.
+    """
+    arrays, scenes = simulate_batch(spec, num_frames, seeds=seeds, rng=rng, batch_size=batch_size)
+    return render_batch(arrays, spec, device), [prompt_for(s) for s in scenes], scenes
 
 
 def load_spec(path: str | Path) -> BallWorldSpec:

@@ -363,6 +363,7 @@ def train(cfg, say: Callable[[str], None] = quiet) -> dict:
         raise failure from err
     finally:
         run.logger.close()
+        run.source.close()
         if run.watchdog is not None:
             run.watchdog.close()
     latest = checkpoint.latest(run.run_dir)
