@@ -100,7 +100,7 @@ class WorldStream:
         self.spec, self.seed, self.rank, self.workers = load_spec(path), seed, rank, workers
         self.epoch, self.position = 0, 0
         self._pool: ProcessPoolExecutor | None = None
-        self._ahead: dict[tuple[int, int, int, int], Future] = {}
+        self._ahead: dict[tuple[int, ...], Future] = {}     # (seed, rank, epoch, batch, frames)
 
     def _key(self, epoch: int) -> tuple[int, int, int]:
         return (self.seed, self.rank, epoch)
